@@ -1,0 +1,174 @@
+"""The ``kasmina`` command line.
+
+Each command is a plain function in :mod:`kasmina.cli.commands`; this module parses
+arguments, calls it, and prints a table or ``--json``. A user error is one line on stderr
+(``error: ...``) and a non-zero exit; ``--traceback`` shows the Python traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+from kasmina.errors import KasminaError
+from kasmina.events.urls import ENV_VAR, default_url
+
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_VERIFY_FAILED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value < 1 or value > 10_000_000:
+        raise argparse.ArgumentTypeError(f"expected a number in [1, 10000000], got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", metavar="URL", default=None,
+                        help=f"event log URL (default: ${ENV_VAR}, else sqlite:///kasmina.db)")
+    common.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    common.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+
+    parser = _Parser(prog="kasmina", description="Kasmina: the seed executor's event log and tools.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db = sub.add_parser("db", help="schema migrations")
+    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    up = db_sub.add_parser("upgrade", parents=[common], help="create or upgrade the schema (alembic upgrade)")
+    up.add_argument("--revision", default="head")
+    down = db_sub.add_parser("downgrade", parents=[common], help="downgrade the schema ('base' drops the log)")
+    down.add_argument("revision")
+    db_sub.add_parser("current", parents=[common], help="show the schema revision")
+
+    sim = sub.add_parser("simulate", parents=[common], help="run synthetic seed lifecycles into the log")
+    sim.add_argument("--seeds", type=_pos_int, default=8)
+    sim.add_argument("--steps", type=_pos_int, default=400)
+    sim.add_argument("--rng", type=_nonneg_int, default=0, help="run seed (same seed, same history)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    hist = sub.add_parser("history", parents=[common], help="one seed's transitions, gates and reasons")
+    hist.add_argument("seed", help="seed id (its site name)")
+
+    rep = sub.add_parser("replay", parents=[common], help="rebuild every seed from the log, with a digest")
+    rep.add_argument("--to-position", type=_nonneg_int, default=None, metavar="N")
+
+    aud = sub.add_parser("audit", parents=[common], help="summary from the SQL views, or a read-only query")
+    aud.add_argument("--query", metavar="SQL", default=None)
+
+    sub.add_parser("verify", parents=[common], help="check the hash chain and replay every transition")
+
+    bench = sub.add_parser("bench", parents=[common], help="benchmarks")
+    bench.add_argument("--store", action="store_true", help="event-store benchmark (tools/bench_store.py)")
+    bench.add_argument("--events", type=_pos_int, default=None)
+    bench.add_argument("--long-seed", type=_pos_int, default=None)
+    bench.add_argument("--backends", default="sqlite,postgres")
+    bench.add_argument("--pg-url", default=None)
+    return parser
+
+
+def _progress(args: argparse.Namespace, total: int) -> tuple[Any, Callable[[int], None] | None]:
+    if args.json or getattr(args, "quiet", False) or not sys.stderr.isatty():
+        return None, None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task("simulating", total=total)
+    return bar, lambda done: bar.update(task, completed=done)
+
+
+def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None], int]:
+    from kasmina.cli import commands, render
+
+    url = args.db or default_url()
+    if args.command == "db":
+        fn = {"upgrade": lambda: commands.db_upgrade(url, args.revision),
+              "downgrade": lambda: commands.db_downgrade(url, args.revision),
+              "current": lambda: commands.db_current(url)}[args.db_command]
+        return fn(), render.db, 0
+    if args.command == "simulate":
+        bar, progress = _progress(args, args.steps)
+        if bar is not None:
+            with bar:
+                data = commands.simulate(url, seeds=args.seeds, steps=args.steps, rng=args.rng, progress=progress)
+        else:
+            data = commands.simulate(url, seeds=args.seeds, steps=args.steps, rng=args.rng)
+        return data, render.simulate, 0
+    if args.command == "history":
+        return commands.history(url, args.seed), render.history, 0
+    if args.command == "replay":
+        return commands.replay(url, args.to_position), render.replay, 0
+    if args.command == "audit":
+        return commands.audit(url, args.query), render.audit, 0
+    if args.command == "verify":
+        data = commands.verify(url)
+        return data, render.verify, 0 if data["ok"] else EXIT_VERIFY_FAILED
+    if args.command == "bench":
+        return _bench(args)
+    raise AssertionError(args.command)  # pragma: no cover - argparse guarantees a known command
+
+
+def _bench(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None], int]:
+    if not args.store:
+        raise KasminaError("choose a benchmark: kasmina bench --store")
+    from kasmina.bench import store as bench_store
+
+    options: dict[str, Any] = {"backends": tuple(b.strip() for b in args.backends.split(",") if b.strip())}
+    if args.events:
+        options["events"] = args.events
+    if args.long_seed:
+        options["long_seed"] = args.long_seed
+    if args.pg_url:
+        options["pg_url"] = args.pg_url
+    result = bench_store.run(**options)
+
+    def show(out: Any, data: dict[str, Any]) -> None:
+        out.print(bench_store.render(data))
+        out.print(bench_store.summary_line(data))
+
+    return result, show, 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        data, show, code = _dispatch(args)
+    except KasminaError as e:
+        if args.traceback:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        from rich.console import Console
+
+        # Not a terminal (a pipe, a CI log): wide enough that tables do not fold.
+        show(Console(width=None if sys.stdout.isatty() else 200), data)
+    return code
+
+
+def run() -> NoReturn:
+    sys.exit(main())

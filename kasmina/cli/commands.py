@@ -1,0 +1,151 @@
+"""What each CLI command does, as plain functions returning data (no printing, no exit).
+
+The parser in ``kasmina.cli`` calls these and renders the result as a table or JSON; tests
+call them directly. None of them imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kasmina.errors import KasminaError, LogCorrupted, UnknownSeed
+from kasmina.events import EventStore, open_store, redact
+from kasmina.lifecycle import events as ev
+
+#: SQL keywords that may start a query passed to ``kasmina audit --query`` (read-only).
+_READ_ONLY_STARTS = ("select", "with", "explain")
+
+
+def db_upgrade(url: str, revision: str = "head") -> dict[str, Any]:
+    from kasmina.events import migrate
+
+    migrate.upgrade(url, revision)
+    return {"database": redact(url), "revision": migrate.current(url)}
+
+
+def db_downgrade(url: str, revision: str) -> dict[str, Any]:
+    from kasmina.events import migrate
+
+    migrate.downgrade(url, revision)
+    return {"database": redact(url), "revision": migrate.current(url)}
+
+
+def db_current(url: str) -> dict[str, Any]:
+    from kasmina.events import migrate
+    from kasmina.events.schema import SCHEMA_REVISION
+
+    found = migrate.current(url)
+    return {"database": redact(url), "revision": found, "expected": SCHEMA_REVISION,
+            "up_to_date": found == SCHEMA_REVISION}
+
+
+def simulate(url: str, *, seeds: int, steps: int, rng: int,
+             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    from kasmina.events import migrate, parse
+    from kasmina.simulate import run
+
+    if seeds < 1 or steps < 1:
+        raise KasminaError("--seeds and --steps must be at least 1")
+    parsed = parse(url)
+    if parsed.backend == "sqlite":
+        import os
+
+        if not os.path.exists(parsed.sqlite_path):
+            migrate.upgrade(url)  # a new log file for a new simulation; existing ones are never migrated here
+    with open_store(url) as store:
+        report = run(store, seeds=seeds, steps=steps, rng=rng, progress=progress)
+    return {"database": redact(url), **report.to_dict()}
+
+
+def _event_row(e: Any) -> dict[str, Any]:
+    d = e.data
+    return {
+        "position": e.position, "version": e.version, "step": d.get("step"), "event": e.type,
+        "from_stage": d.get("from_stage"), "to_stage": d.get("to_stage"), "gate": d.get("gate"),
+        "passed": d.get("passed"), "reason": d.get("reason") or d.get("mode") or d.get("message"),
+        "command_id": e.command_id, "recorded_at": e.recorded_at.isoformat(sep=" ", timespec="seconds"),
+    }
+
+
+def history(url: str, seed_id: str) -> dict[str, Any]:
+    with open_store(url) as store:
+        rows = [_event_row(e) for e in store.read(stream_id=seed_id)]
+        refusals = [_event_row(e) for e in store.read(stream_id=ev.EXECUTOR_STREAM)
+                    if e.data.get("seed_id") == seed_id]
+        if not rows and not refusals:
+            known = [s for s in store.streams() if s != ev.EXECUTOR_STREAM]
+            hint = f" (seeds in this log: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''})" if known \
+                else " (the log has no seeds)"
+            raise UnknownSeed(f"no seed {seed_id!r} in {redact(url)}{hint}")
+    return {"seed_id": seed_id, "events": sorted(rows + refusals, key=lambda r: r["position"])}
+
+
+def replay(url: str, to_position: int | None = None) -> dict[str, Any]:
+    from kasmina.replay import replay as do_replay
+
+    if to_position is not None and to_position < 0:
+        raise KasminaError(f"--to-position must be >= 0, got {to_position}")
+    with open_store(url) as store:
+        result = do_replay(store, to_position=to_position)
+    return {"position": result.position, "digest": result.digest,
+            "seeds": {sid: s.to_dict() for sid, s in sorted(result.seeds.items())}}
+
+
+def verify(url: str) -> dict[str, Any]:
+    from kasmina.replay import verify as do_verify
+
+    with open_store(url) as store:
+        try:
+            count = do_verify(store)
+        except LogCorrupted as e:
+            return {"ok": False, "position": e.position, "problem": e.problem}
+    return {"ok": True, "events": count}
+
+
+def _query(store: EventStore, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    from sqlalchemy import text
+
+    from kasmina.events.sql import SQLEventStore
+
+    if not isinstance(store, SQLEventStore):
+        raise KasminaError("audit queries need an SQL database (sqlite:/// or postgresql://)")
+    with store._read("audit query") as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        else:
+            conn.exec_driver_sql("PRAGMA query_only = ON")
+        try:
+            result = conn.execute(text(sql), params or {})
+            return list(result.keys()), [tuple(r) for r in result]
+        finally:
+            if conn.dialect.name != "postgresql":
+                conn.exec_driver_sql("PRAGMA query_only = OFF")
+
+
+def audit(url: str, query: str | None = None) -> dict[str, Any]:
+    """A summary from the shipped views, or the rows of a read-only SQL query."""
+    with open_store(url) as store:
+        if query is not None:
+            if not query.strip().lower().startswith(_READ_ONLY_STARTS):
+                raise KasminaError("audit --query runs read-only SELECT/WITH queries only")
+            columns, rows = _query(store, query)
+            return {"columns": columns, "rows": [list(map(_plain, r)) for r in rows]}
+        _, seeds = _query(store, "SELECT seed_id, stage, generation, since_step, since_position "
+                                 "FROM seed_current_stage ORDER BY seed_id")
+        _, culls = _query(store, "SELECT gate, reason, COUNT(*) FROM seed_transitions WHERE to_stage = 'CULLED' "
+                                 "GROUP BY gate, reason ORDER BY COUNT(*) DESC, reason")
+        _, refusals = _query(store, "SELECT reason, COUNT(*) FROM command_refusals GROUP BY reason "
+                                    "ORDER BY COUNT(*) DESC, reason")
+        head, head_hash = store.head()
+    return {
+        "database": redact(url), "events": head, "head_hash": head_hash,
+        "seeds": [dict(zip(("seed_id", "stage", "generation", "since_step", "since_position"), r)) for r in seeds],
+        "culls": [{"gate": g, "reason": r, "count": n} for g, r, n in culls],
+        "refusals": [{"reason": r, "count": n} for r, n in refusals],
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,75 @@
+"""Human-readable output of the CLI commands (rich tables); ``--json`` bypasses all of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    return table
+
+
+def _mark(passed: Any) -> str:
+    return {True: "pass", False: "FAIL"}.get(passed, "")
+
+
+def history(out: Console, data: dict[str, Any]) -> None:
+    rows = [[r["position"], r["step"], r["event"],
+             f"{r['from_stage']} -> {r['to_stage']}" if r["to_stage"] else "",
+             r["gate"], _mark(r["passed"]), r["reason"], r["command_id"]] for r in data["events"]]
+    out.print(_table(f"history of {data['seed_id']}",
+                     ["pos", "step", "event", "transition", "gate", "verdict", "reason", "command"], rows))
+
+
+def replay(out: Console, data: dict[str, Any]) -> None:
+    rows = [[sid, s["stage"], s["generation"], s["blueprint_id"], (s["blend"] or {}).get("mode"),
+             s["stage_entered_step"], s["version"]] for sid, s in data["seeds"].items()]
+    out.print(_table(f"seeds at position {data['position']}",
+                     ["seed", "stage", "gen", "blueprint", "blend", "since step", "version"], rows))
+    out.print(f"digest {data['digest']}")
+
+
+def audit(out: Console, data: dict[str, Any]) -> None:
+    if "columns" in data:
+        out.print(_table("query", data["columns"], data["rows"]))
+        return
+    out.print(f"{data['database']}: {data['events']} events, head {data['head_hash'][:16]}…")
+    out.print(_table("seeds", ["seed", "stage", "generation", "since step", "since position"],
+                     [list(s.values()) for s in data["seeds"]]))
+    if data["culls"]:
+        out.print(_table("culls", ["gate", "reason", "count"], [list(c.values()) for c in data["culls"]]))
+    if data["refusals"]:
+        out.print(_table("refused commands", ["reason", "count"], [list(r.values()) for r in data["refusals"]]))
+
+
+def simulate(out: Console, data: dict[str, Any]) -> None:
+    refused = ", ".join(f"{k} {v}" for k, v in data["commands_refused"].items()) or "none"
+    out.print(f"simulated {data['seeds']} seeds over steps {data['first_step']}..{data['first_step'] + data['steps'] - 1}"
+              f" into {data['database']}: {data['events']} events in the log, "
+              f"{data['commands_accepted']} commands accepted, refused: {refused}")
+    stages: dict[str, int] = {}
+    for stage in data["final_stages"].values():
+        stages[stage] = stages.get(stage, 0) + 1
+    out.print("final stages: " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items())))
+
+
+def verify(out: Console, data: dict[str, Any]) -> None:
+    if data["ok"]:
+        out.print(f"ok ({data['events']} events, hash chain and replay verified)")
+    else:
+        out.print(f"FAILED at position {data['position']}: {data['problem']}")
+
+
+def db(out: Console, data: dict[str, Any]) -> None:
+    line = f"{data['database']}: schema {data['revision'] or 'none'}"
+    if "up_to_date" in data:
+        line += " (up to date)" if data["up_to_date"] else f" (this kasmina needs {data['expected']})"
+    out.print(line)

@@ -1,0 +1,93 @@
+"""Schema migrations, driven in code (``kasmina db upgrade`` / ``downgrade`` / ``current``).
+
+Alembic is imported only here, lazily, so log commands that do not migrate stay fast. The
+scripts are found inside the installed package (``kasmina.migrations``), never relative to
+the working directory.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from kasmina.errors import SchemaMismatch
+from kasmina.events import schema
+from kasmina.events.urls import parse, redact
+
+
+def _config(url: str, connection: Any) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("kasmina.migrations")))
+    # configparser interpolation: a literal % in a password must be doubled.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _run(url: str, action: str, revision: str, create: bool) -> None:
+    from alembic import command
+    from alembic.util.exc import CommandError
+
+    from kasmina.events import open_store
+    from kasmina.events.sql import SQLEventStore
+
+    parsed = parse(url)
+    if parsed.backend == "memory":
+        return  # nothing to migrate: the in-memory store has no schema
+    store = open_store(url, create=create, check_schema=False)
+    assert isinstance(store, SQLEventStore)
+    try:
+        with store._errors(f"db {action}"), store.engine.connect() as conn:
+            if action == "upgrade":
+                _refuse_unknown(conn, url)
+            try:
+                getattr(command, action)(_config(url, conn), revision)
+            except CommandError as e:
+                raise SchemaMismatch(f"db {action} {revision}: {e}") from e
+            conn.commit()
+    finally:
+        store.close()
+
+
+def _refuse_unknown(conn: Any, url: str) -> None:
+    """A schema newer than this Kasmina must not be 'upgraded' by it (mlflow's trap)."""
+    from sqlalchemy import inspect, text
+
+    if inspect(conn).has_table("alembic_version"):
+        found = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        conn.rollback()
+        if found is not None and found not in schema.KNOWN_REVISIONS:
+            raise SchemaMismatch(
+                f"{redact(url)} has schema {found}, newer than this kasmina knows "
+                f"(up to {schema.SCHEMA_REVISION}): upgrade kasmina instead"
+            )
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Create or upgrade the log's schema (creates a SQLite file if needed)."""
+    _run(url, "upgrade", revision, create=True)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Downgrade to ``revision`` (``base`` drops every Kasmina table: the log is lost)."""
+    _run(url, "downgrade", revision, create=False)
+
+
+def current(url: str) -> str | None:
+    """The revision the database is at (None if it has no Kasmina schema)."""
+    from sqlalchemy import inspect, text
+
+    from kasmina.events import open_store
+    from kasmina.events.sql import SQLEventStore
+
+    store = open_store(url, check_schema=False)
+    assert isinstance(store, SQLEventStore)
+    try:
+        with store._read("db current") as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        store.close()

@@ -1,0 +1,157 @@
+"""The event-store contract every backend implements, and the records it trades in.
+
+Modelled on eventsourcing's recorders: one abstract contract here, one module per backend
+(``memory``, ``sqlite``, ``postgres``) holding only what differs, and one shared test suite
+(``tests/test_store.py``) run against all of them.
+
+Guarantees every backend gives:
+
+* positions are global, gap-free and strictly increasing, in commit order;
+* ``(stream_id, version)`` is unique; an append with a stale ``expected_version`` raises
+  :class:`~kasmina.errors.StaleVersion` and writes nothing;
+* an append carrying a ``command_id`` already in the log writes nothing and returns the
+  original positions (``duplicate=True``): handling a command twice is a no-op;
+* one public call is one transaction: a batch is written whole or not at all;
+* each event carries a SHA-256 chained to the one before it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterator, Mapping, Sequence
+
+from kasmina.events.upcasting import CURRENT_SCHEMA, upcast
+
+#: A snapshot is taken every this many events of one stream.
+SNAPSHOT_EVERY = 200
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    type: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = CURRENT_SCHEMA
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAppend:
+    """Events for one stream, to be appended in one transaction with others."""
+
+    stream_id: str
+    events: Sequence[NewEvent]
+    expected_version: int | None = None
+    command_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    data: Mapping[str, Any]
+    schema_version: int
+    command_id: str | None
+    recorded_at: datetime
+    hash: str
+    prev_hash: str
+
+    def upcast(self) -> RecordedEvent:
+        """This event in the current schema (a no-op for events written by this version)."""
+        if self.schema_version == CURRENT_SCHEMA:
+            return self
+        event_type, data = upcast(self.type, self.data, self.schema_version)
+        return RecordedEvent(self.position, self.stream_id, self.version, event_type, data,
+                             CURRENT_SCHEMA, self.command_id, self.recorded_at, self.hash, self.prev_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    stream_id: str
+    positions: tuple[int, ...]
+    version: int
+    duplicate: bool = False
+    events: tuple[RecordedEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    stream_id: str
+    version: int
+    position: int
+    state_schema: int
+    state: Mapping[str, Any]
+
+
+class EventStore(ABC):
+    """An append-only, hash-chained log of events in per-seed streams."""
+
+    url: str = ""
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        command_id: str | None = None,
+    ) -> AppendResult:
+        """Append events to one stream in one transaction."""
+        return self.append_many([PendingAppend(stream_id, events, expected_version, command_id)])[0]
+
+    @abstractmethod
+    def append_many(self, batches: Sequence[PendingAppend]) -> list[AppendResult]:
+        """Append several streams' events in one transaction (all or nothing)."""
+
+    @abstractmethod
+    def read(
+        self,
+        *,
+        stream_id: str | None = None,
+        after: int = 0,
+        upto: int | None = None,
+        after_version: int = 0,
+        raw: bool = False,
+    ) -> Iterator[RecordedEvent]:
+        """Events in position order, streamed; upcast to the current schema unless ``raw``."""
+
+    @abstractmethod
+    def head(self) -> tuple[int, str]:
+        """The last position and its hash (``(0, GENESIS)`` for an empty log)."""
+
+    @abstractmethod
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's last version (0 when it has no events)."""
+
+    @abstractmethod
+    def streams(self) -> list[str]:
+        """Every stream id in the log, sorted."""
+
+    @abstractmethod
+    def find_command(self, command_id: str) -> tuple[int, ...]:
+        """Positions of the events a command produced (empty if never seen)."""
+
+    @abstractmethod
+    def command_ids_since(self, since: datetime) -> set[str]:
+        """Command ids recorded at or after ``since`` (rebuilds the nonce ledger)."""
+
+    @abstractmethod
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a snapshot (a cache: losing one only costs replay time)."""
+
+    @abstractmethod
+    def latest_snapshot(
+        self, stream_id: str, *, state_schema: int, upto: int | None = None
+    ) -> Snapshot | None:
+        """The newest snapshot of a stream at or before position ``upto``."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,117 @@
+"""The write path: decide -> append -> evolve, in one place for every caller.
+
+The executor (for commands and training steps) and ``kasmina simulate`` both go through a
+:class:`Ledger`: it holds the replayed state of every seed, asks the pure ``decide`` what a
+command means, appends the resulting events with the seed's version as the expected
+version, and folds the *stored* events back through ``evolve``. So the state a ledger holds
+is, by construction, what a replay of its log yields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+from kasmina.errors import StaleVersion
+from kasmina.events.store import SNAPSHOT_EVERY, EventStore, NewEvent, PendingAppend, RecordedEvent
+from kasmina.lifecycle import commands as c
+from kasmina.lifecycle import events as ev
+from kasmina.lifecycle.decide import Decision, decide
+from kasmina.lifecycle.evolve import evolve
+from kasmina.lifecycle.gates import GateInputs
+from kasmina.lifecycle.state import SeedState
+from kasmina.replay import replay, replay_seed, snapshot_due, take_snapshot
+
+#: How often a command is re-decided after another writer moved its seed's stream.
+MAX_RETRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    accepted: bool
+    reason: str
+    events: tuple[RecordedEvent, ...] = ()
+    duplicate: bool = False
+
+
+class Ledger:
+    """Replayed seed states plus the one way to change them."""
+
+    def __init__(self, store: EventStore, seeds: Mapping[str, SeedState] | None = None, *,
+                 snapshot_every: int = SNAPSHOT_EVERY) -> None:
+        self.store = store
+        self.seeds: dict[str, SeedState] = dict(seeds or {})
+        self.snapshot_every = snapshot_every
+
+    @classmethod
+    def open(cls, store: EventStore, *, snapshot_every: int = SNAPSHOT_EVERY) -> Ledger:
+        """A ledger whose states are rebuilt from the log (snapshots first)."""
+        return cls(store, replay(store).seeds, snapshot_every=snapshot_every)
+
+    def state(self, seed_id: str) -> SeedState:
+        return self.seeds.get(seed_id) or SeedState(seed_id)
+
+    def submit(self, command: c.Command, *, command_id: str | None = None) -> Outcome:
+        """Decide, append and evolve one command; refusals go to the executor stream."""
+        for _ in range(MAX_RETRIES):
+            state = self.state(command.seed_id)
+            decision = decide(state, command)
+            try:
+                return self._record(state, decision, command_id)
+            except StaleVersion:
+                self.seeds[command.seed_id] = replay_seed(self.store, command.seed_id)
+        return self._record(self.state(command.seed_id), decide(self.state(command.seed_id), command), command_id)
+
+    def refuse(self, refusal: ev.Event, *, command_id: str | None = None) -> Outcome:
+        """Record a refusal decided before ``decide`` (bad signature, stale command, ...)."""
+        result = self.store.append(ev.EXECUTOR_STREAM, [NewEvent(refusal.type, dict(refusal.data))],
+                                   command_id=command_id)
+        return Outcome(False, str(refusal.data["reason"]), result.events, result.duplicate)
+
+    def _record(self, state: SeedState, decision: Decision, command_id: str | None) -> Outcome:
+        if decision.refusal is not None:
+            return self.refuse(decision.refusal, command_id=command_id)
+        if not decision.events:
+            return Outcome(True, "no change")
+        result = self.store.append(state.seed_id, _new(decision.events), expected_version=state.version,
+                                   command_id=command_id)
+        if result.duplicate:
+            return Outcome(False, "duplicate_command", duplicate=True)
+        self._fold(state, result.events)
+        return Outcome(True, decision.reason, result.events)
+
+    def tick(self, step: int, measure: Callable[[SeedState, tuple], GateInputs] | None = None,
+             seed_ids: Iterable[str] | None = None) -> list[RecordedEvent]:
+        """Advance every seed to ``step``; gate inputs are measured only for seeds with a gate due.
+
+        All seeds' events of one step are appended in one transaction.
+        """
+        from kasmina.lifecycle.decide import due_gates
+
+        pending: list[PendingAppend] = []
+        for seed_id in sorted(self.seeds if seed_ids is None else seed_ids):
+            state = self.state(seed_id)
+            gates = due_gates(state, step)
+            inputs = measure(state, gates) if gates and measure is not None else None
+            decision = decide(state, c.Tick(seed_id, step, inputs))
+            if decision.events:
+                pending.append(PendingAppend(seed_id, _new(decision.events), expected_version=state.version))
+        if not pending:
+            return []
+        recorded: list[RecordedEvent] = []
+        for result in self.store.append_many(pending):
+            self._fold(self.state(result.stream_id), result.events)
+            recorded.extend(result.events)
+        return recorded
+
+    def _fold(self, state: SeedState, events: Iterable[RecordedEvent]) -> None:
+        before = state
+        for event in events:
+            state = evolve(state, event)
+        self.seeds[state.seed_id] = state
+        if snapshot_due(before, state, self.snapshot_every):
+            take_snapshot(self.store, state)
+
+
+def _new(events: Iterable[ev.Event]) -> list[NewEvent]:
+    return [NewEvent(e.type, dict(e.data)) for e in events]

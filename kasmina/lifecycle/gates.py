@@ -1,0 +1,184 @@
+"""Gates G0–G5 as pure checks over explicit, recorded inputs.
+
+A gate never reads the model or the clock: the executor (or the simulator) measures what a
+gate needs into a :class:`GateInputs`, the inputs are stored in the event next to the
+verdict, and ``kasmina verify`` re-runs the gate on them to prove the recorded verdict.
+Missing inputs fail the gate (fail closed), naming the missing field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Mapping
+
+from kasmina.lifecycle.stages import Gate
+
+DEFAULT_LATENCY_BUDGET_MS = 10.0
+DEFAULT_GROWTH_LIMIT = 100.0
+DEFAULT_METRIC_TOLERANCE = 0.05
+#: Largest absolute value G0 accepts for any numeric command parameter.
+PARAMETER_LIMIT = 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class GateInputs:
+    """What the executor measured when a gate fell due. ``None`` means not measured."""
+
+    # G0 SANITY
+    blueprint_known: bool | None = None
+    parameters: Mapping[str, float] | None = None
+    # G1 GRADIENT_HEALTH
+    kernel_attached: bool | None = None
+    isolation_violations: int | None = None
+    seed_loss_finite: bool | None = None
+    seed_grad_finite: bool | None = None
+    # G2 STABILITY
+    fetch_latency_ms: float | None = None
+    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
+    output_finite: bool | None = None
+    output_growth: float | None = None
+    growth_limit: float = DEFAULT_GROWTH_LIMIT
+    # G3 INTERFACE
+    interface_ok: bool | None = None
+    interface_detail: str | None = None
+    # G4 SYSTEM_IMPACT
+    metric: float | None = None
+    baseline_metric: float | None = None
+    metric_tolerance: float = DEFAULT_METRIC_TOLERANCE
+    higher_is_better: bool = False
+    # G5 RESET
+    hooks: int | None = None
+    registered_params: int | None = None
+    cache_entries: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form holding only what was measured (defaults kept for replay)."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.parameters is not None:
+            out["parameters"] = dict(self.parameters)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateInputs:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    gate: Gate
+    passed: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate.name, "passed": self.passed, "reason": self.reason}
+
+
+class _Missing(Exception):
+    """An input the gate needs was not measured."""
+
+
+def _need(inputs: GateInputs, name: str) -> Any:
+    value = getattr(inputs, name)
+    if value is None:
+        raise _Missing(name)
+    return value
+
+
+def _g0(i: GateInputs) -> str | None:
+    if not _need(i, "blueprint_known"):
+        return "blueprint not in catalogue"
+    for key, value in sorted(_need(i, "parameters").items()):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"parameter {key} is not a number"
+        if not math.isfinite(value):
+            return f"parameter {key} is not finite"
+        if abs(value) > PARAMETER_LIMIT:
+            return f"parameter {key} out of bounds (|{value}| > {PARAMETER_LIMIT:g})"
+    return None
+
+
+def _g1(i: GateInputs) -> str | None:
+    if not _need(i, "kernel_attached"):
+        return "kernel not attached"
+    if _need(i, "isolation_violations") > 0:
+        return f"isolation violations: {i.isolation_violations}"
+    if not _need(i, "seed_loss_finite"):
+        return "seed loss not finite"
+    if not _need(i, "seed_grad_finite"):
+        return "seed gradient not finite"
+    return None
+
+
+def _g2(i: GateInputs) -> str | None:
+    latency = _need(i, "fetch_latency_ms")
+    if latency > i.latency_budget_ms:
+        return f"kernel fetch {latency:.3f} ms over budget {i.latency_budget_ms:g} ms"
+    if not _need(i, "output_finite"):
+        return "seed output not finite"
+    growth = _need(i, "output_growth")
+    if not math.isfinite(growth) or growth > i.growth_limit:
+        return f"seed output exploding (growth {growth:g} > {i.growth_limit:g})"
+    return None
+
+
+def _g3(i: GateInputs) -> str | None:
+    if not _need(i, "interface_ok"):
+        return f"interface mismatch: {i.interface_detail or 'probe failed'}"
+    return None
+
+
+def _g4(i: GateInputs) -> str | None:
+    if i.isolation_violations:
+        return f"isolation violations: {i.isolation_violations}"
+    metric = _need(i, "metric")
+    baseline = _need(i, "baseline_metric")
+    if not math.isfinite(metric):
+        return "host metric not finite"
+    # Regression is measured in the direction that is worse, relative to the baseline.
+    worse = (baseline - metric) if i.higher_is_better else (metric - baseline)
+    allowed = i.metric_tolerance * max(abs(baseline), 1e-12)
+    if worse > allowed:
+        return f"host metric regressed: {metric:.6g} vs baseline {baseline:.6g} (tolerance {i.metric_tolerance:g})"
+    return None
+
+
+def _g5(i: GateInputs) -> str | None:
+    dirty = [n for n in ("hooks", "registered_params", "cache_entries") if _need(i, n)]
+    if dirty:
+        return "site not clean: " + ", ".join(f"{n}={getattr(i, n)}" for n in dirty)
+    return None
+
+
+_CHECKS: Mapping[Gate, Callable[[GateInputs], str | None]] = {
+    Gate.G0_SANITY: _g0,
+    Gate.G1_GRADIENT_HEALTH: _g1,
+    Gate.G2_STABILITY: _g2,
+    Gate.G3_INTERFACE: _g3,
+    Gate.G4_SYSTEM_IMPACT: _g4,
+    Gate.G5_RESET: _g5,
+}
+
+
+def evaluate(gate: Gate, inputs: GateInputs) -> Verdict:
+    """Run one gate. Pure: same inputs, same verdict, in the live run and in ``verify``."""
+    check = _CHECKS.get(gate)
+    if check is None:
+        return Verdict(gate, False, "unsupported gate")
+    try:
+        failure = check(inputs)
+    except _Missing as missing:
+        return Verdict(gate, False, f"input not measured: {missing}")
+    return Verdict(gate, failure is None, failure or "passed")
+
+
+def evaluate_all(gates: tuple[Gate, ...], inputs: GateInputs) -> tuple[Verdict, ...]:
+    """Evaluate gates in order, stopping at the first failure."""
+    verdicts: list[Verdict] = []
+    for gate in gates:
+        verdict = evaluate(gate, inputs)
+        verdicts.append(verdict)
+        if not verdict.passed:
+            break
+    return tuple(verdicts)

@@ -1,0 +1,135 @@
+"""The event log: events, head row, snapshots, append-only triggers and audit views.
+
+Revision ID: 0001_event_log
+Revises:
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from kasmina.events.hashing import GENESIS
+
+revision = "0001_event_log"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+Payload = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
+
+
+def _field(name: str) -> str:
+    """SQL that reads one payload key as text, per dialect."""
+    if op.get_bind().dialect.name == "postgresql":
+        return f"payload->>'{name}'"
+    return f"json_extract(payload, '$.{name}')"
+
+
+def _flag(name: str) -> str:
+    """A JSON boolean as 1/0 on both dialects (SQLite's json_extract already gives 1/0)."""
+    if op.get_bind().dialect.name == "postgresql":
+        return f"CASE payload->>'{name}' WHEN 'true' THEN 1 WHEN 'false' THEN 0 END"
+    return f"json_extract(payload, '$.{name}')"
+
+
+def _views() -> list[tuple[str, str]]:
+    f = _field
+    return [
+        ("seed_transitions", f"""
+            SELECT position, stream_id AS seed_id,
+                   {f('from_stage')} AS from_stage, {f('to_stage')} AS to_stage,
+                   {f('gate')} AS gate, {f('reason')} AS reason,
+                   command_id, recorded_at, event_type,
+                   CAST({f('step')} AS BIGINT) AS step
+            FROM kasmina_events
+            WHERE event_type IN ('stage_changed', 'seed_rolled_back')"""),
+        ("seed_current_stage", """
+            SELECT t.seed_id, t.to_stage AS stage, t.position AS since_position,
+                   t.recorded_at AS since, t.step AS since_step,
+                   (SELECT COUNT(*) FROM seed_transitions g
+                     WHERE g.seed_id = t.seed_id AND g.to_stage = 'GERMINATED') AS generation
+            FROM seed_transitions t
+            WHERE t.position = (SELECT MAX(m.position) FROM seed_transitions m WHERE m.seed_id = t.seed_id)"""),
+        ("seed_gate_verdicts", f"""
+            SELECT position, stream_id AS seed_id, {f('gate')} AS gate,
+                   {_flag('passed')} AS passed, {f('reason')} AS reason,
+                   {f('from_stage')} AS from_stage, {f('to_stage')} AS to_stage,
+                   CAST({f('step')} AS BIGINT) AS step, recorded_at
+            FROM kasmina_events
+            WHERE event_type IN ('stage_changed', 'gate_failed') AND {f('gate')} IS NOT NULL"""),
+        ("command_refusals", f"""
+            SELECT position, {f('seed_id')} AS seed_id, {f('reason')} AS reason,
+                   {f('detail')} AS detail, command_id, recorded_at
+            FROM kasmina_events
+            WHERE event_type = 'command_refused'"""),
+    ]
+
+
+def upgrade() -> None:
+    op.create_table(
+        "kasmina_events",
+        sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("stream_id", sa.String(255), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("event_type", sa.String(64), nullable=False),
+        sa.Column("schema_version", sa.SmallInteger, nullable=False),
+        sa.Column("command_id", sa.String(255), nullable=True),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("payload", Payload, nullable=False),
+        sa.Column("prev_hash", sa.String(64), nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+        sa.UniqueConstraint("stream_id", "version", name="uq_kasmina_events_stream_version"),
+    )
+    op.create_index("ix_kasmina_events_command_id", "kasmina_events", ["command_id"])
+    op.create_index("ix_kasmina_events_recorded_at", "kasmina_events", ["recorded_at"])
+    head = op.create_table(
+        "kasmina_head",
+        sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("position", sa.BigInteger, nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False),
+    )
+    op.bulk_insert(head, [{"id": 1, "position": 0, "hash": GENESIS}])
+    op.create_table(
+        "kasmina_snapshots",
+        sa.Column("stream_id", sa.String(255), primary_key=True),
+        sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("position", sa.BigInteger, nullable=False),
+        sa.Column("state_schema", sa.SmallInteger, nullable=False),
+        sa.Column("state", Payload, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_kasmina_snapshots_position", "kasmina_snapshots", ["stream_id", "position"])
+
+    # Append-only, enforced by the database itself, not by Kasmina's good manners.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("""
+            CREATE FUNCTION kasmina_refuse_mutation() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'kasmina_events is append-only: % refused', TG_OP;
+            END $$""")
+        op.execute("""CREATE TRIGGER kasmina_events_append_only BEFORE UPDATE OR DELETE ON kasmina_events
+                      FOR EACH ROW EXECUTE FUNCTION kasmina_refuse_mutation()""")
+        op.execute("""CREATE TRIGGER kasmina_events_no_truncate BEFORE TRUNCATE ON kasmina_events
+                      FOR EACH STATEMENT EXECUTE FUNCTION kasmina_refuse_mutation()""")
+    else:
+        for action in ("UPDATE", "DELETE"):
+            op.execute(f"""CREATE TRIGGER kasmina_events_no_{action.lower()} BEFORE {action} ON kasmina_events
+                           BEGIN SELECT RAISE(ABORT, 'kasmina_events is append-only: {action} refused'); END""")
+    for name, body in _views():
+        op.execute(f"CREATE VIEW {name} AS {body}")
+
+
+def downgrade() -> None:
+    for name, _ in reversed(_views()):
+        op.execute(f"DROP VIEW IF EXISTS {name}")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS kasmina_events_append_only ON kasmina_events")
+        op.execute("DROP TRIGGER IF EXISTS kasmina_events_no_truncate ON kasmina_events")
+        op.execute("DROP FUNCTION IF EXISTS kasmina_refuse_mutation()")
+    else:
+        op.execute("DROP TRIGGER IF EXISTS kasmina_events_no_update")
+        op.execute("DROP TRIGGER IF EXISTS kasmina_events_no_delete")
+    op.drop_table("kasmina_snapshots")
+    op.drop_table("kasmina_head")
+    op.drop_table("kasmina_events")
