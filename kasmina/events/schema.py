@@ -3,19 +3,37 @@ first migration creates (a drift test compares the two)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON, BigInteger, Column, DateTime, Index, Integer, MetaData, SmallInteger, String, Table,
-    UniqueConstraint,
+    TypeDecorator, UniqueConstraint,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 #: Alembic revisions this Kasmina knows, oldest first; the last one is the head it needs.
 KNOWN_REVISIONS: tuple[str, ...] = ("0001_event_log",)
 SCHEMA_REVISION = KNOWN_REVISIONS[-1]
 
 metadata = MetaData()
-#: JSON text on SQLite (queried with json_extract), JSONB on Postgres (queried with ->>).
-Payload = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Payload(TypeDecorator[Any]):
+    """JSON text on SQLite (queried with json_extract), JSONB on Postgres (queried with ->>).
+
+    The Postgres type is resolved lazily: importing SQLAlchemy's postgresql dialect costs
+    about 0.1 s, which the SQLite-only log commands should not pay.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
 
 events = Table(
     "kasmina_events",
@@ -27,7 +45,7 @@ events = Table(
     Column("schema_version", SmallInteger, nullable=False),
     Column("command_id", String(255), nullable=True),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
-    Column("payload", Payload, nullable=False),
+    Column("payload", Payload(), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     UniqueConstraint("stream_id", "version", name="uq_kasmina_events_stream_version"),
@@ -52,7 +70,7 @@ snapshots = Table(
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("position", BigInteger, nullable=False),
     Column("state_schema", SmallInteger, nullable=False),
-    Column("state", Payload, nullable=False),
+    Column("state", Payload(), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_kasmina_snapshots_position", "stream_id", "position"),
 )
