@@ -9,6 +9,7 @@ seeds, not the number of events.
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -145,11 +146,14 @@ def verify_events(events: Iterator[RecordedEvent]) -> int:
 
 def verify(store: EventStore) -> int:
     """Verify the whole log; also that the head row agrees with the last event."""
-    count = verify_events(store.read(raw=True))
+    # closing(): a failed check must not leave the read transaction (and its lock) open.
+    with closing(store.read(raw=True)) as events:
+        count = verify_events(events)
     head, head_hash = store.head()
     if head != count:
         raise LogCorrupted(count + 1 if head > count else head, f"head says {head} events, log holds {count}")
-    last = next(iter(store.read(after=max(head - 1, 0), raw=True)), None)
+    with closing(store.read(after=max(head - 1, 0), raw=True)) as tail:
+        last = next(tail, None)
     if last is not None and last.hash != head_hash:
         raise LogCorrupted(head, "head hash does not match the last event")
     return count

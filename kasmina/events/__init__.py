@@ -21,7 +21,7 @@ __all__ = [
 def open_store(url: str | None = None, *, create: bool = False, check_schema: bool = True,
                synchronous: str = "FULL") -> EventStore:
     """Open the log at ``url``; never creates or migrates a schema (``kasmina db upgrade`` does)."""
-    parsed = parse(url or default_url())
+    parsed = parse(default_url() if url is None else url)
     if parsed.backend == "memory":
         from kasmina.events.memory import MemoryEventStore
 

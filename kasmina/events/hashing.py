@@ -1,7 +1,7 @@
 """The tamper-evident hash chain over the event log.
 
 Each event's hash covers its previous event's hash and every stored field, in a canonical
-JSON form that survives a round trip through SQLite's JSON text and Postgres' JSONB
+JSON form that survives a round trip through the JSON text columns of SQLite and Postgres
 (sorted keys, microsecond UTC timestamps). ``kasmina verify`` recomputes it.
 """
 

@@ -7,8 +7,9 @@ refusal, idempotent command ids, all-or-nothing batches, the hash chain) without
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Iterator, Sequence
+from typing import Generator, Sequence
 
 from kasmina.errors import StaleVersion, StoreError
 from kasmina.events.hashing import GENESIS, chain_hash
@@ -38,7 +39,7 @@ class MemoryEventStore(EventStore):
                 if batch.command_id is not None:
                     earlier = commands.get(batch.command_id) or self._duplicate(batch.command_id)
                     if earlier is not None:
-                        results.append(earlier)
+                        results.append(replace(earlier, duplicate=True, events=()))
                         continue
                 version = versions.get(batch.stream_id, 0)
                 if batch.expected_version is not None and batch.expected_version != version:
@@ -83,7 +84,7 @@ class MemoryEventStore(EventStore):
         return (len(self._events), self._events[-1].hash) if self._events else (0, GENESIS)
 
     def read(self, *, stream_id: str | None = None, after: int = 0, upto: int | None = None,
-             after_version: int = 0, raw: bool = False) -> Iterator[RecordedEvent]:
+             after_version: int = 0, raw: bool = False) -> Generator[RecordedEvent, None, None]:
         end = len(self._events) if upto is None else min(upto, len(self._events))
         for record in self._events[after:end]:
             if stream_id is not None and (record.stream_id != stream_id or record.version <= after_version):
@@ -104,6 +105,7 @@ class MemoryEventStore(EventStore):
         return tuple(self._commands.get(command_id, ()))
 
     def command_ids_since(self, since: datetime) -> set[str]:
+        since = since.replace(tzinfo=timezone.utc) if since.tzinfo is None else since
         return {e.command_id for e in self._events if e.command_id is not None and e.recorded_at >= since}
 
     def save_snapshot(self, snapshot: Snapshot) -> None:

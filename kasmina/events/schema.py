@@ -3,11 +3,9 @@ first migration creates (a drift test compares the two)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import (
     JSON, BigInteger, Column, DateTime, Index, Integer, MetaData, SmallInteger, String, Table,
-    TypeDecorator, UniqueConstraint,
+    UniqueConstraint,
 )
 
 #: Alembic revisions this Kasmina knows, oldest first; the last one is the head it needs.
@@ -17,22 +15,10 @@ SCHEMA_REVISION = KNOWN_REVISIONS[-1]
 metadata = MetaData()
 
 
-class Payload(TypeDecorator[Any]):
-    """JSON text on SQLite (queried with json_extract), JSONB on Postgres (queried with ->>).
-
-    The Postgres type is resolved lazily: importing SQLAlchemy's postgresql dialect costs
-    about 0.1 s, which the SQLite-only log commands should not pay.
-    """
-
-    impl = JSON
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Any) -> Any:
-        if dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import JSONB
-
-            return dialect.type_descriptor(JSONB())
-        return dialect.type_descriptor(JSON())
+#: JSON as text on both backends. Not JSONB: JSONB stores numbers as ``numeric`` and gives
+#: back 1e16 as an int and -0.0 as 0.0, which would change an event after it was hashed.
+#: The ``json`` type keeps the text as written, and ``->>`` still queries it.
+Payload = JSON
 
 
 events = Table(

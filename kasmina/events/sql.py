@@ -8,8 +8,9 @@ Kasmina's hierarchy in exactly one place, :meth:`SQLEventStore._errors`.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 from sqlalchemy import Connection, Engine, func, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
@@ -27,8 +28,14 @@ _READ_COLUMNS = (_E.c.position, _E.c.stream_id, _E.c.version, _E.c.event_type, _
 READ_CHUNK = 5000
 
 
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC: SQLite stores naive UTC text and writes an aware bound value unconverted."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 def _to_record(row: Any) -> RecordedEvent:
     pos, stream, version, etype, payload, schema_v, command_id, at, h, prev = row
+    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at
     return RecordedEvent(pos, stream, version, etype, payload, schema_v, command_id, at, h, prev)
 
 
@@ -108,7 +115,7 @@ class SQLEventStore(EventStore):
                 if batch.command_id is not None:
                     earlier = seen_commands.get(batch.command_id) or self._duplicate(conn, batch)
                     if earlier is not None:
-                        results.append(earlier)
+                        results.append(replace(earlier, duplicate=True, events=()))
                         continue
                 version = versions.get(batch.stream_id)
                 if version is None:
@@ -174,7 +181,7 @@ class SQLEventStore(EventStore):
 
     # -- reads --------------------------------------------------------------------------
     def read(self, *, stream_id: str | None = None, after: int = 0, upto: int | None = None,
-             after_version: int = 0, raw: bool = False) -> Iterator[RecordedEvent]:
+             after_version: int = 0, raw: bool = False) -> Generator[RecordedEvent, None, None]:
         stmt = select(*_READ_COLUMNS).where(_E.c.position > after).order_by(_E.c.position)
         if stream_id is not None:
             stmt = stmt.where(_E.c.stream_id == stream_id)
@@ -211,7 +218,7 @@ class SQLEventStore(EventStore):
     def command_ids_since(self, since: datetime) -> set[str]:
         with self._read() as conn:
             return set(conn.execute(select(_E.c.command_id).distinct()
-                                    .where((_E.c.recorded_at >= since) & _E.c.command_id.is_not(None))).scalars())
+                                    .where((_E.c.recorded_at >= _utc(since)) & _E.c.command_id.is_not(None))).scalars())
 
     def latest_snapshot(self, stream_id: str, *, state_schema: int, upto: int | None = None) -> Snapshot | None:
         s = schema.snapshots

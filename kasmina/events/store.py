@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Generator, Mapping, Sequence
 
 from kasmina.events.upcasting import CURRENT_SCHEMA, upcast
 
@@ -114,7 +114,7 @@ class EventStore(ABC):
         upto: int | None = None,
         after_version: int = 0,
         raw: bool = False,
-    ) -> Iterator[RecordedEvent]:
+    ) -> Generator[RecordedEvent, None, None]:
         """Events in position order, streamed; upcast to the current schema unless ``raw``."""
 
     @abstractmethod

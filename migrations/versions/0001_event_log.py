@@ -16,7 +16,8 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-Payload = sa.JSON().with_variant(sa.dialects.postgresql.JSONB(), "postgresql")
+#: JSON text, not JSONB: JSONB rewrites numbers (1e16 -> int, -0.0 -> 0.0), breaking hashes.
+Payload = sa.JSON
 
 
 def _field(name: str) -> str:
