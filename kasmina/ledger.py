@@ -20,7 +20,7 @@ from kasmina.lifecycle.decide import Decision, decide
 from kasmina.lifecycle.evolve import evolve
 from kasmina.lifecycle.gates import GateInputs
 from kasmina.lifecycle.state import SeedState
-from kasmina.replay import replay, replay_seed, snapshot_due, take_snapshot
+from kasmina.rebuild import replay, replay_seed, snapshot_due, take_snapshot
 
 #: How often a command is re-decided after another writer moved its seed's stream.
 MAX_RETRIES = 3
@@ -67,6 +67,18 @@ class Ledger:
         result = self.store.append(ev.EXECUTOR_STREAM, [NewEvent(refusal.type, dict(refusal.data))],
                                    command_id=command_id)
         return Outcome(False, str(refusal.data["reason"]), result.events, result.duplicate)
+
+    def note(self, stream_id: str, events: Iterable[ev.Event], *, command_id: str | None = None) -> Outcome:
+        """Record facts that need no decision (a kernel attached, an emergency) and fold them."""
+        if stream_id == ev.EXECUTOR_STREAM:
+            result = self.store.append(stream_id, _new(events), command_id=command_id)
+        else:
+            state = self.state(stream_id)
+            result = self.store.append(stream_id, _new(events), expected_version=state.version,
+                                       command_id=command_id)
+            if not result.duplicate:
+                self._fold(state, result.events)
+        return Outcome(not result.duplicate, "recorded", result.events, result.duplicate)
 
     def _record(self, state: SeedState, decision: Decision, command_id: str | None) -> Outcome:
         if decision.refusal is not None:

@@ -191,3 +191,18 @@ def test_evolve_is_strict() -> None:
 def test_state_round_trips_through_dict() -> None:
     state = _germinated()
     assert SeedState.from_dict(state.to_dict()) == state
+
+
+def test_non_finite_measurements_are_recorded_as_json_and_verify_the_same() -> None:
+    import json
+
+    from kasmina.lifecycle.gates import evaluate_all
+
+    bad = GateInputs(**{**HEALTHY.to_dict(), "output_growth": math.nan, "metric": math.inf,
+                        "parameters": {"lr": -math.inf}, "interface_detail": "nan"})
+    text = json.dumps(bad.to_dict(), allow_nan=False)
+    back = GateInputs.from_dict(json.loads(text))
+    assert back.interface_detail == "nan" and math.isnan(back.output_growth) and back.metric == math.inf
+    for gate in Gate:
+        if gate is not Gate.UNKNOWN:
+            assert evaluate_all((gate,), back) == evaluate_all((gate,), bad)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kasmina.events import migrate, open_store
 from kasmina.ledger import Ledger
 from kasmina.lifecycle import GateInputs, Stage, commands as c
-from kasmina.replay import replay, replay_seed, verify
+from kasmina.rebuild import replay, replay_seed, verify
 
 SEEDS = ("features.0", "features.3", "classifier.0")
 HEALTHY = dict(

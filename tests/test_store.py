@@ -30,7 +30,7 @@ from kasmina.lifecycle import events as lev
 from kasmina.lifecycle.gates import GateInputs, evaluate_all
 from kasmina.lifecycle.machine import gates_for
 from kasmina.lifecycle.stages import Stage
-from kasmina.replay import replay_seed, verify
+from kasmina.rebuild import replay_seed, verify
 
 KASMINA_TABLES = {"kasmina_events", "kasmina_head", "kasmina_snapshots"}
 KASMINA_VIEWS = {"seed_transitions", "seed_current_stage", "seed_gate_verdicts", "command_refusals"}

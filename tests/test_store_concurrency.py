@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kasmina.events import EventStore, migrate, open_store
-from kasmina.replay import verify
+from kasmina.rebuild import verify
 
 pytestmark = pytest.mark.slow
 

@@ -81,7 +81,7 @@ def history(url: str, seed_id: str) -> dict[str, Any]:
 
 
 def replay(url: str, to_position: int | None = None) -> dict[str, Any]:
-    from kasmina.replay import replay as do_replay
+    from kasmina.rebuild import replay as do_replay
 
     if to_position is not None and to_position < 0:
         raise KasminaError(f"--to-position must be >= 0, got {to_position}")
@@ -92,7 +92,7 @@ def replay(url: str, to_position: int | None = None) -> dict[str, Any]:
 
 
 def verify(url: str) -> dict[str, Any]:
-    from kasmina.replay import verify as do_verify
+    from kasmina.rebuild import verify as do_verify
 
     with open_store(url) as store:
         try:

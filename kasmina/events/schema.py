@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON, BigInteger, Column, DateTime, Index, Integer, MetaData, SmallInteger, String, Table,
-    UniqueConstraint,
+    UniqueConstraint, text,
 )
 
 #: Alembic revisions this Kasmina knows, oldest first; the last one is the head it needs.
@@ -19,12 +19,15 @@ metadata = MetaData()
 #: back 1e16 as an int and -0.0 as 0.0, which would change an event after it was hashed.
 #: The ``json`` type keeps the text as written, and ``->>`` still queries it.
 Payload = JSON
+#: 64-bit on both; on SQLite it must be spelled INTEGER to become the rowid (else every
+#: row is stored twice: once in the table, once in the primary-key index).
+Position = BigInteger().with_variant(Integer(), "sqlite")
 
 
 events = Table(
     "kasmina_events",
     metadata,
-    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("position", Position, primary_key=True, autoincrement=False),
     Column("stream_id", String(255), nullable=False),
     Column("version", Integer, nullable=False),
     Column("event_type", String(64), nullable=False),
@@ -35,8 +38,9 @@ events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     UniqueConstraint("stream_id", "version", name="uq_kasmina_events_stream_version"),
-    Index("ix_kasmina_events_command_id", "command_id"),
-    Index("ix_kasmina_events_recorded_at", "recorded_at"),
+    # Partial: most events (training-step transitions) carry no command id.
+    Index("ix_kasmina_events_command_id", "command_id",
+          sqlite_where=text("command_id IS NOT NULL"), postgresql_where=text("command_id IS NOT NULL")),
 )
 
 #: One row: the last position and hash. Writers lock it, which makes commit order equal

@@ -7,9 +7,12 @@ Kasmina's hierarchy in exactly one place, :meth:`SQLEventStore._errors`.
 
 from __future__ import annotations
 
+import itertools
+import json
+import threading
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generator, Iterator, Sequence
 
 from sqlalchemy import Connection, Engine, func, inspect, select, text, update
@@ -17,26 +20,82 @@ from sqlalchemy import exc as sa_exc
 
 from kasmina.errors import IntegrityViolation, SchemaMismatch, StaleVersion, StoreError, StoreUnavailable
 from kasmina.events import schema
-from kasmina.events.hashing import GENESIS, chain_hash
+from kasmina.events.hashing import GENESIS, event_hash, timestamp_text
 from kasmina.events.store import AppendResult, EventStore, PendingAppend, RecordedEvent, Snapshot
 from kasmina.events.urls import redact
+from kasmina.lifecycle.state import canonical_json
 
 _E = schema.events
-_READ_COLUMNS = (_E.c.position, _E.c.stream_id, _E.c.version, _E.c.event_type, _E.c.payload,
-                 _E.c.schema_version, _E.c.command_id, _E.c.recorded_at, _E.c.hash, _E.c.prev_hash)
 #: Rows fetched per round trip when streaming a replay (bounded memory, few round trips).
 READ_CHUNK = 5000
+
+
+class _Statements:
+    """The few statements on the hot paths, written once per dialect.
+
+    Postgres locks the head row (``FOR UPDATE``); SQLite takes its database write lock
+    with ``BEGIN IMMEDIATE`` instead. Timestamps are native on Postgres and SQLAlchemy's
+    SQLite text form (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC) on SQLite.
+    """
+
+    _COLUMNS = ("position, stream_id, version, event_type, schema_version, command_id, recorded_at, "
+                "payload, prev_hash, hash")
+
+    def __init__(self, dialect: str) -> None:
+        self.postgres = dialect == "postgresql"
+        self.native_datetime = self.postgres
+        p = "%s" if self.postgres else "?"
+        self.p = p
+        self.begin = None if self.postgres else "BEGIN IMMEDIATE"
+        self.head = "SELECT position, hash FROM kasmina_head WHERE id = 1" + (" FOR UPDATE" if self.postgres else "")
+        self.version = f"SELECT MAX(version) FROM kasmina_events WHERE stream_id = {p}"
+        self.command = (f"SELECT position, stream_id, version FROM kasmina_events WHERE command_id = {p} "
+                        "ORDER BY position")
+        self.insert = f"INSERT INTO kasmina_events ({self._COLUMNS}) VALUES ({', '.join([p] * 10)})"
+        self.set_head = f"UPDATE kasmina_head SET position = {p}, hash = {p} WHERE id = 1"
+        self._read = (f"SELECT position, stream_id, version, event_type, payload, schema_version, command_id, "
+                      f"recorded_at, hash, prev_hash FROM kasmina_events WHERE position > {p}")
+
+    def read(self, *, stream_id: str | None, after: int, upto: int | None,
+             after_version: int) -> tuple[str, tuple[Any, ...]]:
+        sql, params = self._read, [after]
+        if stream_id is not None:
+            sql += f" AND stream_id = {self.p}"
+            params.append(stream_id)
+            if after_version:
+                sql += f" AND version > {self.p}"
+                params.append(after_version)
+        if upto is not None:
+            sql += f" AND position <= {self.p}"
+            params.append(upto)
+        return sql + " ORDER BY position", tuple(params)
+
+    def streaming_cursor(self, connection: Any) -> Any:
+        """A server-side cursor on Postgres (rows arrive in chunks); SQLite steps natively."""
+        if self.postgres:
+            cursor = connection.cursor(name=f"kasmina_read_{next(_CURSOR_IDS)}")
+            cursor.itersize = READ_CHUNK
+            return cursor
+        return connection.cursor()
+
+    def decode(self, row: Any) -> RecordedEvent:
+        pos, stream, version, etype, payload, schema_v, command_id, at, h, prev = row
+        if isinstance(payload, str):
+            payload = json.loads(payload)
+        if isinstance(at, str):
+            at = datetime.fromisoformat(at)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=timezone.utc)
+        return RecordedEvent(pos, stream, version, etype, payload, schema_v, command_id, at, h, prev)
+
+
+_CURSOR_IDS = itertools.count(1)
+_REORDER_MARGIN = timedelta(minutes=1)
 
 
 def _utc(moment: datetime) -> datetime:
     """Aware UTC: SQLite stores naive UTC text and writes an aware bound value unconverted."""
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-def _to_record(row: Any) -> RecordedEvent:
-    pos, stream, version, etype, payload, schema_v, command_id, at, h, prev = row
-    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at
-    return RecordedEvent(pos, stream, version, etype, payload, schema_v, command_id, at, h, prev)
 
 
 class SQLEventStore(EventStore):
@@ -47,6 +106,9 @@ class SQLEventStore(EventStore):
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
+        self._sql = _Statements(engine.dialect.name)
+        self._writer: Any = None
+        self._lock = threading.Lock()
 
     # -- the one error seam -------------------------------------------------------------
     @contextmanager
@@ -73,14 +135,19 @@ class SQLEventStore(EventStore):
             if "append-only" in message:
                 raise IntegrityViolation(f"{action} refused by the database: {message}") from e
             raise StoreError(f"{action} failed: {message}") from e
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction; backends make its start take the writer lock."""
-        with self._errors("append"), self.engine.connect() as conn:
-            conn = conn.execution_options(kasmina_write=True)
-            with conn.begin():
-                yield conn
+        except self.engine.dialect.loaded_dbapi.Error as e:
+            # The hot paths run on the driver's cursor: map its PEP 249 classes the same way.
+            dbapi = self.engine.dialect.loaded_dbapi
+            message = _first_line(e)
+            if isinstance(e, dbapi.IntegrityError) or "append-only" in message:
+                raise IntegrityViolation(f"{action} refused by the database: {message}") from e
+            if "no such table" in message or "does not exist" in message:
+                raise SchemaMismatch(
+                    f"{redact(self.url)} has no Kasmina schema: run 'kasmina db upgrade --db URL'"
+                ) from e
+            if isinstance(e, (dbapi.OperationalError, dbapi.InterfaceError)):
+                raise StoreUnavailable(f"{action} failed, database unavailable: {message}") from e
+            raise StoreError(f"{action} failed: {message}") from e
 
     @contextmanager
     def _read(self, action: str = "read") -> Iterator[Connection]:
@@ -99,74 +166,108 @@ class SQLEventStore(EventStore):
         check_revision(found, redact(self.url))
 
     # -- writes -------------------------------------------------------------------------
+    def _writer_connection(self) -> Any:
+        """The connection appends go through, held between calls (no pool round trip)."""
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.invalidate()
+            except Exception:  # noqa: BLE001 - a dead connection may fail to close; it is gone anyway
+                pass
+
     def append_many(self, batches: Sequence[PendingAppend]) -> list[AppendResult]:
+        """One transaction on the driver's cursor with prebuilt SQL (the hot path).
+
+        SQLAlchemy's per-statement work costs several times what SQLite needs to run these
+        few statements, so appends bypass it; the SQL is fixed and per dialect
+        (:class:`_Statements`), and every error still goes through :meth:`_errors`.
+        """
         now = datetime.now(timezone.utc)
-        with self._write() as conn:
-            position, last_hash = conn.execute(
-                select(schema.head.c.position, schema.head.c.hash)
-                .where(schema.head.c.id == 1)
-                .with_for_update()
-            ).one()
-            rows: list[dict[str, Any]] = []
-            results: list[AppendResult] = []
-            versions: dict[str, int] = {}
-            seen_commands: dict[str, AppendResult] = {}
-            for batch in batches:
-                if batch.command_id is not None:
-                    earlier = seen_commands.get(batch.command_id) or self._duplicate(conn, batch)
-                    if earlier is not None:
-                        results.append(replace(earlier, duplicate=True, events=()))
-                        continue
-                version = versions.get(batch.stream_id)
-                if version is None:
-                    version = self._version(conn, batch.stream_id)
-                if batch.expected_version is not None and batch.expected_version != version:
-                    raise StaleVersion(batch.stream_id, batch.expected_version, version)
-                recorded: list[RecordedEvent] = []
-                for event in batch.events:
-                    position += 1
-                    version += 1
-                    try:
-                        new_hash = chain_hash(
+        stamp = now if self._sql.native_datetime else now.replace(tzinfo=None).isoformat(sep=" ")
+        hashed_time = timestamp_text(now)
+        with self._lock, self._errors("append"):
+            raw = self._writer_connection()
+            try:
+                cursor = raw.cursor()
+                if self._sql.begin:
+                    cursor.execute(self._sql.begin)
+                cursor.execute(self._sql.head)
+                position, last_hash = cursor.fetchone()
+                rows: list[tuple[Any, ...]] = []
+                results: list[AppendResult] = []
+                versions: dict[str, int] = {}
+                seen_commands: dict[str, AppendResult] = {}
+                for batch in batches:
+                    if batch.command_id is not None:
+                        earlier = seen_commands.get(batch.command_id) or self._duplicate(cursor, batch.command_id)
+                        if earlier is not None:
+                            results.append(replace(earlier, duplicate=True, events=()))
+                            continue
+                    version = versions.get(batch.stream_id)
+                    if version is None:
+                        cursor.execute(self._sql.version, (batch.stream_id,))
+                        version = int(cursor.fetchone()[0] or 0)
+                    if batch.expected_version is not None and batch.expected_version != version:
+                        raise StaleVersion(batch.stream_id, batch.expected_version, version)
+                    recorded: list[RecordedEvent] = []
+                    for event in batch.events:
+                        position += 1
+                        version += 1
+                        try:
+                            text_ = canonical_json(event.data)
+                        except (TypeError, ValueError) as e:
+                            raise StoreError(f"event {event.type!r} has a payload that is not plain JSON: {e}") from e
+                        new_hash = event_hash(
                             last_hash, position=position, stream_id=batch.stream_id, version=version,
                             event_type=event.type, schema_version=event.schema_version,
-                            command_id=batch.command_id, recorded_at=now, payload=event.data,
+                            command_id=batch.command_id, timestamp=hashed_time, payload_text=text_,
                         )
-                    except (TypeError, ValueError) as e:
-                        raise StoreError(f"event {event.type!r} has a payload that is not plain JSON: {e}") from e
-                    rows.append({
-                        "position": position, "stream_id": batch.stream_id, "version": version,
-                        "event_type": event.type, "schema_version": event.schema_version,
-                        "command_id": batch.command_id, "recorded_at": now, "payload": event.data,
-                        "prev_hash": last_hash, "hash": new_hash,
-                    })
-                    recorded.append(RecordedEvent(position, batch.stream_id, version, event.type, event.data,
-                                                  event.schema_version, batch.command_id, now, new_hash, last_hash))
-                    last_hash = new_hash
-                versions[batch.stream_id] = version
-                result = AppendResult(batch.stream_id, tuple(r.position for r in recorded), version,
-                                      events=tuple(recorded))
-                if batch.command_id is not None:
-                    seen_commands[batch.command_id] = result
-                results.append(result)
-            if rows:
-                conn.execute(_E.insert(), rows)
-                conn.execute(update(schema.head).where(schema.head.c.id == 1)
-                             .values(position=position, hash=last_hash))
+                        rows.append((position, batch.stream_id, version, event.type, event.schema_version,
+                                     batch.command_id, stamp, text_, last_hash, new_hash))
+                        recorded.append(RecordedEvent(position, batch.stream_id, version, event.type,
+                                                      event.data, event.schema_version, batch.command_id,
+                                                      now, new_hash, last_hash))
+                        last_hash = new_hash
+                    versions[batch.stream_id] = version
+                    result = AppendResult(batch.stream_id, tuple(r.position for r in recorded), version,
+                                          events=tuple(recorded))
+                    if batch.command_id is not None:
+                        seen_commands[batch.command_id] = result
+                    results.append(result)
+                if rows:
+                    if len(rows) == 1:
+                        cursor.execute(self._sql.insert, rows[0])
+                    else:
+                        cursor.executemany(self._sql.insert, rows)
+                    cursor.execute(self._sql.set_head, (position, last_hash))
+                raw.commit()
+            except BaseException as e:
+                try:
+                    raw.rollback()
+                except Exception:  # noqa: BLE001 - the connection itself is broken
+                    self._drop_writer()
+                if self._is_disconnect(e):
+                    self._drop_writer()
+                raise
+            finally:
+                cursor.close()
         return results
 
-    def _version(self, conn: Connection, stream_id: str) -> int:
-        found = conn.execute(select(func.max(_E.c.version)).where(_E.c.stream_id == stream_id)).scalar()
-        return int(found or 0)
+    def _is_disconnect(self, error: BaseException) -> bool:
+        dbapi = self.engine.dialect.loaded_dbapi
+        return isinstance(error, (dbapi.OperationalError, dbapi.InterfaceError))
 
-    def _duplicate(self, conn: Connection, batch: PendingAppend) -> AppendResult | None:
-        rows = conn.execute(
-            select(_E.c.position, _E.c.stream_id, _E.c.version)
-            .where(_E.c.command_id == batch.command_id).order_by(_E.c.position)
-        ).all()
+    def _duplicate(self, cursor: Any, command_id: str) -> AppendResult | None:
+        cursor.execute(self._sql.command, (command_id,))
+        rows = cursor.fetchall()
         if not rows:
             return None
-        return AppendResult(rows[-1].stream_id, tuple(r.position for r in rows), rows[-1].version, duplicate=True)
+        return AppendResult(rows[-1][1], tuple(r[0] for r in rows), rows[-1][2], duplicate=True)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         with self._errors("snapshot"), self.engine.begin() as conn:
@@ -182,19 +283,28 @@ class SQLEventStore(EventStore):
     # -- reads --------------------------------------------------------------------------
     def read(self, *, stream_id: str | None = None, after: int = 0, upto: int | None = None,
              after_version: int = 0, raw: bool = False) -> Generator[RecordedEvent, None, None]:
-        stmt = select(*_READ_COLUMNS).where(_E.c.position > after).order_by(_E.c.position)
-        if stream_id is not None:
-            stmt = stmt.where(_E.c.stream_id == stream_id)
-            if after_version:
-                stmt = stmt.where(_E.c.version > after_version)
-        if upto is not None:
-            stmt = stmt.where(_E.c.position <= upto)
-        with self._read() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=READ_CHUNK).execute(stmt)
-            for rows in result.partitions(READ_CHUNK):
+        """Stream events in position order, a chunk per round trip, on the driver's cursor."""
+        sql, params = self._sql.read(stream_id=stream_id, after=after, upto=upto, after_version=after_version)
+        decode = self._sql.decode
+        with self._errors("read"):
+            connection = self.engine.raw_connection()
+        try:
+            with self._errors("read"):
+                cursor = self._sql.streaming_cursor(connection)
+                cursor.execute(sql, params)
+            while True:
+                with self._errors("read"):
+                    rows = cursor.fetchmany(READ_CHUNK)
+                if not rows:
+                    break
                 for row in rows:
-                    record = _to_record(row)
+                    record = decode(row)
                     yield record if raw else record.upcast()
+        finally:
+            try:
+                connection.rollback()
+            finally:
+                connection.close()
 
     def head(self) -> tuple[int, str]:
         with self._read() as conn:
@@ -204,7 +314,8 @@ class SQLEventStore(EventStore):
 
     def stream_version(self, stream_id: str) -> int:
         with self._read() as conn:
-            return self._version(conn, stream_id)
+            found = conn.execute(select(func.max(_E.c.version)).where(_E.c.stream_id == stream_id)).scalar()
+        return int(found or 0)
 
     def streams(self) -> list[str]:
         with self._read() as conn:
@@ -216,9 +327,23 @@ class SQLEventStore(EventStore):
                                       .order_by(_E.c.position)).scalars())
 
     def command_ids_since(self, since: datetime) -> set[str]:
-        with self._read() as conn:
-            return set(conn.execute(select(_E.c.command_id).distinct()
-                                    .where((_E.c.recorded_at >= _utc(since)) & _E.c.command_id.is_not(None))).scalars())
+        """Walks the log backwards from the head (no timestamp index to maintain on append).
+
+        Concurrent writers may commit slightly out of timestamp order, so the walk goes on
+        a minute past ``since`` before it stops.
+        """
+        since = _utc(since)
+        stop = since - _REORDER_MARGIN
+        found: set[str] = set()
+        stmt = select(_E.c.command_id, _E.c.recorded_at).order_by(_E.c.position.desc())
+        with self._read("nonce rebuild") as conn:
+            for command_id, at in conn.execution_options(stream_results=True, yield_per=1000).execute(stmt):
+                at = _utc(datetime.fromisoformat(at) if isinstance(at, str) else at)
+                if at < stop:
+                    break
+                if command_id is not None and at >= since:
+                    found.add(command_id)
+        return found
 
     def latest_snapshot(self, stream_id: str, *, state_schema: int, upto: int | None = None) -> Snapshot | None:
         s = schema.snapshots
@@ -232,6 +357,10 @@ class SQLEventStore(EventStore):
         return None if row is None else Snapshot(*row)
 
     def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self.engine.dispose()
 
 

@@ -24,6 +24,7 @@ class Germinate:
     blend: Mapping[str, Any] | None = None
     warnings: tuple[Mapping[str, Any], ...] = ()
     baseline_metric: float | None = None
+    schedule: str = "SIGMOID"
 
 
 @dataclass(frozen=True, slots=True)

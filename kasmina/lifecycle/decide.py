@@ -89,7 +89,7 @@ def _germinate(state: SeedState, cmd: c.Germinate) -> Decision:
         ev.stage_changed(
             Stage.DORMANT, Stage.GERMINATED, step=cmd.step, reason=verdict.reason,
             verdicts=(verdict,), inputs=cmd.inputs, blueprint_id=cmd.blueprint_id,
-            parameters=dict(cmd.parameters), baseline_metric=cmd.baseline_metric,
+            parameters=dict(cmd.parameters), baseline_metric=cmd.baseline_metric, schedule=cmd.schedule,
         )
     )
     events.extend(ev.Event(ev.ANNOTATION_WARNING, dict(w)) for w in cmd.warnings)

@@ -22,6 +22,16 @@ SEED_RESUMED = "seed_resumed"
 SEED_ROLLED_BACK = "seed_rolled_back"
 COMMAND_REFUSED = "command_refused"
 COMMAND_ACCEPTED = "command_accepted"
+#: Which module actually grafted (the fallback, if the requested one failed), and its costs.
+KERNEL_ATTACHED = "kernel_attached"
+#: Executor-wide facts (the training step at close, an emergency) on the executor stream.
+EXECUTOR_CLOSED = "executor_closed"
+#: The host metric G4 compares against, when none was reported before germination.
+BASELINE_RECORDED = "baseline_recorded"
+#: A seed broke isolation (shared or leaking host parameters): audit record, fails G1/G4.
+ISOLATION_VIOLATION = "isolation_violation"
+EMERGENCY = "emergency"
+BREAKER_FORCED = "breaker_forced"
 
 #: Stream that holds executor-wide events (refusals, breaker commands): never a site name.
 EXECUTOR_STREAM = "$executor"

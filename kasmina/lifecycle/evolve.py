@@ -38,7 +38,9 @@ def _stage_changed(state: SeedState, data: Mapping[str, Any]) -> SeedState:
             blueprint_id=data["blueprint_id"],
             parameters=dict(data.get("parameters", {})),
             baseline_metric=data.get("baseline_metric"),
+            schedule=data.get("schedule", "SIGMOID"),
             blend=None,
+            kernel=None,
             cull_reason=None,
             embargo_until_step=None,
         )
@@ -47,7 +49,7 @@ def _stage_changed(state: SeedState, data: Mapping[str, Any]) -> SeedState:
     elif dest is Stage.EMBARGOED:
         changes["embargo_until_step"] = int(data["embargo_until_step"])
     elif dest is Stage.DORMANT and source is Stage.RESETTING:
-        changes.update(blueprint_id=None, parameters={}, blend=None, baseline_metric=None,
+        changes.update(blueprint_id=None, parameters={}, blend=None, kernel=None, baseline_metric=None,
                        embargo_until_step=None)
     return replace(state, **changes)
 
@@ -83,7 +85,11 @@ def apply(state: SeedState, event: ev.Event | ev.Recorded) -> SeedState:
             return _resumed(state, data)
         case ev.SEED_ROLLED_BACK:
             return _rolled_back(state, data)
-        case ev.ANNOTATION_WARNING | ev.COMMAND_REFUSED | ev.COMMAND_ACCEPTED:
+        case ev.BASELINE_RECORDED:
+            return replace(state, baseline_metric=float(data["metric"]))
+        case ev.KERNEL_ATTACHED:
+            return replace(state, kernel=dict(data))
+        case ev.ANNOTATION_WARNING | ev.COMMAND_REFUSED | ev.COMMAND_ACCEPTED | ev.ISOLATION_VIOLATION:
             return state
     raise ReplayError(f"unknown event type {event.type!r}")
 

@@ -28,6 +28,7 @@ class GateInputs:
     # G0 SANITY
     blueprint_known: bool | None = None
     parameters: Mapping[str, float] | None = None
+    parameter_bounds: Mapping[str, tuple[float, float] | list[float]] | None = None
     # G1 GRADIENT_HEALTH
     kernel_attached: bool | None = None
     isolation_violations: int | None = None
@@ -53,16 +54,42 @@ class GateInputs:
     cache_entries: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form holding only what was measured (defaults kept for replay)."""
-        out = {k: v for k, v in asdict(self).items() if v is not None}
+        """JSON-ready form holding only what was measured (defaults kept for replay).
+
+        A non-finite measurement (the very thing a gate exists to catch) is written as the
+        text ``"nan"``, ``"inf"`` or ``"-inf"``: JSON has no such numbers.
+        """
+        out = {k: _json_float(v) for k, v in asdict(self).items() if v is not None}
         if self.parameters is not None:
-            out["parameters"] = dict(self.parameters)
+            out["parameters"] = {k: _json_float(v) for k, v in self.parameters.items()}
+        if self.parameter_bounds is not None:
+            out["parameter_bounds"] = {k: list(v) for k, v in self.parameter_bounds.items()}
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GateInputs:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for name in _FLOAT_FIELDS & values.keys():
+            values[name] = _from_json_float(values[name])
+        if isinstance(values.get("parameters"), Mapping):
+            values["parameters"] = {k: _from_json_float(v) for k, v in values["parameters"].items()}
+        return cls(**values)
+
+
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_FLOAT_FIELDS = frozenset({"fetch_latency_ms", "latency_budget_ms", "output_growth", "growth_limit", "metric",
+                           "baseline_metric", "metric_tolerance"})
+
+
+def _json_float(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _from_json_float(value: Any) -> Any:
+    return _NON_FINITE.get(value, value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +123,9 @@ def _g0(i: GateInputs) -> str | None:
             return f"parameter {key} is not finite"
         if abs(value) > PARAMETER_LIMIT:
             return f"parameter {key} out of bounds (|{value}| > {PARAMETER_LIMIT:g})"
+        low, high = (i.parameter_bounds or {}).get(key, (-PARAMETER_LIMIT, PARAMETER_LIMIT))
+        if not low <= value <= high:
+            return f"parameter {key}={value:g} out of bounds [{low:g}, {high:g}]"
     return None
 
 

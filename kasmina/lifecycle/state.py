@@ -46,6 +46,8 @@ class SeedState:
     blueprint_id: str | None = None
     parameters: Mapping[str, float] = field(default_factory=dict)
     blend: Mapping[str, Any] | None = None
+    kernel: Mapping[str, Any] | None = None
+    schedule: str = "SIGMOID"
     stage_entered_step: int = 0
     embargo_until_step: int | None = None
     baseline_metric: float | None = None
@@ -76,6 +78,7 @@ class SeedState:
         out["stage"] = self.stage.name
         out["parameters"] = dict(self.parameters)
         out["blend"] = None if self.blend is None else dict(self.blend)
+        out["kernel"] = None if self.kernel is None else dict(self.kernel)
         out["last_gate"] = None if self.last_gate is None else dict(self.last_gate)
         return out
 
@@ -90,9 +93,13 @@ class SeedState:
         return replace(self, version=version, position=position)
 
 
+#: Built once: ``json.dumps`` with options constructs a new encoder on every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
     """One byte-stable text for a JSON value (sorted keys, no spaces, no NaN)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def digest(states: Iterable[SeedState]) -> str:

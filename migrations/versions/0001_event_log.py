@@ -18,6 +18,8 @@ depends_on = None
 
 #: JSON text, not JSONB: JSONB rewrites numbers (1e16 -> int, -0.0 -> 0.0), breaking hashes.
 Payload = sa.JSON
+#: INTEGER on SQLite so the position is the rowid (no second copy of every row).
+Position = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def _field(name: str) -> str:
@@ -70,7 +72,7 @@ def _views() -> list[tuple[str, str]]:
 def upgrade() -> None:
     op.create_table(
         "kasmina_events",
-        sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("position", Position, primary_key=True, autoincrement=False),
         sa.Column("stream_id", sa.String(255), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("event_type", sa.String(64), nullable=False),
@@ -82,8 +84,9 @@ def upgrade() -> None:
         sa.Column("hash", sa.String(64), nullable=False),
         sa.UniqueConstraint("stream_id", "version", name="uq_kasmina_events_stream_version"),
     )
-    op.create_index("ix_kasmina_events_command_id", "kasmina_events", ["command_id"])
-    op.create_index("ix_kasmina_events_recorded_at", "kasmina_events", ["recorded_at"])
+    op.create_index("ix_kasmina_events_command_id", "kasmina_events", ["command_id"],
+                    sqlite_where=sa.text("command_id IS NOT NULL"),
+                    postgresql_where=sa.text("command_id IS NOT NULL"))
     head = op.create_table(
         "kasmina_head",
         sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
