@@ -145,7 +145,7 @@ def verify_events(events: Iterator[RecordedEvent]) -> int:
 
 
 def verify(store: EventStore) -> int:
-    """Verify the whole log; also that the head row agrees with the last event."""
+    """Verify the whole log, and that the head the store reports is its last event."""
     # closing(): a failed check must not leave the read transaction (and its lock) open.
     with closing(store.read(raw=True)) as events:
         count = verify_events(events)

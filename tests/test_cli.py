@@ -161,3 +161,19 @@ def test_postgres_end_to_end(pg_url: str, capsys: pytest.CaptureFixture[str]) ->
     pg = json.loads(run_cli(capsys, "replay", "--db", pg_url, "--json")[1])
     data = json.loads(run_cli(capsys, "audit", "--db", pg_url, "--json")[1])
     assert len(data["seeds"]) == len(pg["seeds"]) == 4
+
+
+@pytest.mark.slow
+def test_bench_store_json_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "bench", "--store", "--events", "300", "--long-seed", "400",
+                           "--backends", "sqlite", "--json")
+    assert code == 0
+    store = json.loads(out)["store"]
+    for contender in ("sqlite", "sqlite_raw"):
+        assert {"append_single_per_s", "append_batch_per_s", "replay_per_s"} <= store[contender].keys()
+        assert all(store[contender][k] > 0 for k in ("append_single_per_s", "append_batch_per_s", "replay_per_s"))
+
+
+def test_bench_needs_a_benchmark_name(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "bench")
+    assert code == EXIT_USER_ERROR and "kasmina bench --store" in err

@@ -32,7 +32,7 @@ from kasmina.lifecycle.machine import gates_for
 from kasmina.lifecycle.stages import Stage
 from kasmina.rebuild import replay_seed, verify
 
-KASMINA_TABLES = {"kasmina_events", "kasmina_head", "kasmina_snapshots"}
+KASMINA_TABLES = {"kasmina_events", "kasmina_snapshots"}
 KASMINA_VIEWS = {"seed_transitions", "seed_current_stage", "seed_gate_verdicts", "command_refusals"}
 
 
@@ -136,7 +136,7 @@ def test_append_result_matches_what_is_read(store: EventStore) -> None:
     # recorded_at is compared as an instant (naive = UTC, as kasmina/events/hashing.py reads it);
     # that it comes back tz-aware is checked separately below.
     assert [_utc(e.recorded_at) for e in read] == [e.recorded_at for e in result.events]
-    assert [replace(e, recorded_at=None) for e in read] == [replace(e, recorded_at=None) for e in result.events]
+    assert [e._replace(recorded_at=None) for e in read] == [e._replace(recorded_at=None) for e in result.events]
     assert all(e.command_id == "c-1" and e.schema_version == CURRENT_SCHEMA for e in result.events)
     assert all(e.recorded_at.tzinfo is not None for e in result.events)
 

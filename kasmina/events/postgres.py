@@ -1,10 +1,10 @@
 """PostgreSQL backend: one log shared by several processes (ranks, followers, auditors).
 
-Total, gap-free order with many writers: every append locks the single ``kasmina_head`` row
-(``SELECT ... FOR UPDATE``) before it takes positions, and holds the lock until commit.
-Writers therefore commit in position order, so a reader that has seen position N can never
+Total, gap-free order with many writers: every append takes one transaction-scoped advisory
+lock (``pg_advisory_xact_lock``) before it reads the last position, and holds it until
+commit. Writers therefore commit in position order, so a reader that has seen position N can never
 later find an N-1 that committed after it (the failure mode of plain sequences, which also
-leave gaps on rollback). See https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-ROWS.
+leave gaps on rollback). See https://www.postgresql.org/docs/current/explicit-locking.html#ADVISORY-LOCKS.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Payload = JSON
 #: 64-bit on both; on SQLite it must be spelled INTEGER to become the rowid (else every
 #: row is stored twice: once in the table, once in the primary-key index).
 Position = BigInteger().with_variant(Integer(), "sqlite")
+#: Postgres advisory lock every append takes (transaction-scoped): appends are serialised,
+#: so commit order is position order. SQLite gets the same from BEGIN IMMEDIATE.
+APPEND_LOCK_KEY = 0x4B61736D696E61  # "Kasmina"
 
 
 events = Table(
@@ -41,16 +44,6 @@ events = Table(
     # Partial: most events (training-step transitions) carry no command id.
     Index("ix_kasmina_events_command_id", "command_id",
           sqlite_where=text("command_id IS NOT NULL"), postgresql_where=text("command_id IS NOT NULL")),
-)
-
-#: One row: the last position and hash. Writers lock it, which makes commit order equal
-#: position order (so positions are gap-free for readers, even with several writers).
-head = Table(
-    "kasmina_head",
-    metadata,
-    Column("id", SmallInteger, primary_key=True, autoincrement=False),
-    Column("position", BigInteger, nullable=False),
-    Column("hash", String(64), nullable=False),
 )
 
 snapshots = Table(

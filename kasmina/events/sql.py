@@ -21,6 +21,7 @@ from sqlalchemy import exc as sa_exc
 from kasmina.errors import IntegrityViolation, SchemaMismatch, StaleVersion, StoreError, StoreUnavailable
 from kasmina.events import schema
 from kasmina.events.hashing import GENESIS, event_hash, timestamp_text
+from kasmina.events.upcasting import CURRENT_SCHEMA
 from kasmina.events.store import AppendResult, EventStore, PendingAppend, RecordedEvent, Snapshot
 from kasmina.events.urls import redact
 from kasmina.lifecycle.state import canonical_json
@@ -33,8 +34,9 @@ READ_CHUNK = 5000
 class _Statements:
     """The few statements on the hot paths, written once per dialect.
 
-    Postgres locks the head row (``FOR UPDATE``); SQLite takes its database write lock
-    with ``BEGIN IMMEDIATE`` instead. Timestamps are native on Postgres and SQLAlchemy's
+    Postgres serialises appends with a transaction-scoped advisory lock; SQLite takes its
+    database write lock with ``BEGIN IMMEDIATE``. Either way the last event, read after the
+    lock, is the head: positions and the hash chain continue from it. Timestamps are native on Postgres and SQLAlchemy's
     SQLite text form (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC) on SQLite.
     """
 
@@ -46,13 +48,12 @@ class _Statements:
         self.native_datetime = self.postgres
         p = "%s" if self.postgres else "?"
         self.p = p
-        self.begin = None if self.postgres else "BEGIN IMMEDIATE"
-        self.head = "SELECT position, hash FROM kasmina_head WHERE id = 1" + (" FOR UPDATE" if self.postgres else "")
+        self.begin = f"SELECT pg_advisory_xact_lock({schema.APPEND_LOCK_KEY})" if self.postgres else "BEGIN IMMEDIATE"
+        self.head = "SELECT position, hash FROM kasmina_events ORDER BY position DESC LIMIT 1"
         self.version = f"SELECT MAX(version) FROM kasmina_events WHERE stream_id = {p}"
         self.command = (f"SELECT position, stream_id, version FROM kasmina_events WHERE command_id = {p} "
                         "ORDER BY position")
         self.insert = f"INSERT INTO kasmina_events ({self._COLUMNS}) VALUES ({', '.join([p] * 10)})"
-        self.set_head = f"UPDATE kasmina_head SET position = {p}, hash = {p} WHERE id = 1"
         self._read = (f"SELECT position, stream_id, version, event_type, payload, schema_version, command_id, "
                       f"recorded_at, hash, prev_hash FROM kasmina_events WHERE position > {p}")
 
@@ -82,9 +83,9 @@ class _Statements:
         pos, stream, version, etype, payload, schema_v, command_id, at, h, prev = row
         if isinstance(payload, str):
             payload = json.loads(payload)
-        if isinstance(at, str):
-            at = datetime.fromisoformat(at)
-        if at.tzinfo is None:
+        if isinstance(at, str):  # SQLite: UTC text
+            at = datetime.fromisoformat(at).replace(tzinfo=timezone.utc)
+        elif at.tzinfo is None:
             at = at.replace(tzinfo=timezone.utc)
         return RecordedEvent(pos, stream, version, etype, payload, schema_v, command_id, at, h, prev)
 
@@ -109,6 +110,9 @@ class SQLEventStore(EventStore):
         self._sql = _Statements(engine.dialect.name)
         self._writer: Any = None
         self._lock = threading.Lock()
+        #: Versions of streams this store appended to, valid while the head is _last_written.
+        self._versions: dict[str, int] = {}
+        self._last_written = -1
 
     # -- the one error seam -------------------------------------------------------------
     @contextmanager
@@ -197,7 +201,10 @@ class SQLEventStore(EventStore):
                 if self._sql.begin:
                     cursor.execute(self._sql.begin)
                 cursor.execute(self._sql.head)
-                position, last_hash = cursor.fetchone()
+                position, last_hash = cursor.fetchone() or (0, GENESIS)
+                # Stream versions this store wrote itself are still right if nobody else
+                # appended since (the head is where we left it): skip asking the database.
+                known = self._versions if position == self._last_written else {}
                 rows: list[tuple[Any, ...]] = []
                 results: list[AppendResult] = []
                 versions: dict[str, int] = {}
@@ -208,7 +215,7 @@ class SQLEventStore(EventStore):
                         if earlier is not None:
                             results.append(replace(earlier, duplicate=True, events=()))
                             continue
-                    version = versions.get(batch.stream_id)
+                    version = versions.get(batch.stream_id, known.get(batch.stream_id))
                     if version is None:
                         cursor.execute(self._sql.version, (batch.stream_id,))
                         version = int(cursor.fetchone()[0] or 0)
@@ -244,8 +251,11 @@ class SQLEventStore(EventStore):
                         cursor.execute(self._sql.insert, rows[0])
                     else:
                         cursor.executemany(self._sql.insert, rows)
-                    cursor.execute(self._sql.set_head, (position, last_hash))
                 raw.commit()
+                if known is not self._versions:
+                    self._versions = {}
+                self._versions.update(versions)
+                self._last_written = position
             except BaseException as e:
                 try:
                     raw.rollback()
@@ -286,6 +296,7 @@ class SQLEventStore(EventStore):
         """Stream events in position order, a chunk per round trip, on the driver's cursor."""
         sql, params = self._sql.read(stream_id=stream_id, after=after, upto=upto, after_version=after_version)
         decode = self._sql.decode
+        current = CURRENT_SCHEMA
         with self._errors("read"):
             connection = self.engine.raw_connection()
         try:
@@ -299,7 +310,7 @@ class SQLEventStore(EventStore):
                     break
                 for row in rows:
                     record = decode(row)
-                    yield record if raw else record.upcast()
+                    yield record if raw or record.schema_version == current else record.upcast()
         finally:
             try:
                 connection.rollback()
@@ -308,8 +319,7 @@ class SQLEventStore(EventStore):
 
     def head(self) -> tuple[int, str]:
         with self._read() as conn:
-            row = conn.execute(select(schema.head.c.position, schema.head.c.hash)
-                               .where(schema.head.c.id == 1)).first()
+            row = conn.execute(select(_E.c.position, _E.c.hash).order_by(_E.c.position.desc()).limit(1)).first()
         return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
 
     def stream_version(self, stream_id: str) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generator, Mapping, Sequence
+from typing import Any, Generator, Mapping, NamedTuple, Sequence
 
 from kasmina.events.upcasting import CURRENT_SCHEMA, upcast
 
@@ -45,8 +45,10 @@ class PendingAppend:
     command_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
+class RecordedEvent(NamedTuple):
+    """A stored event. A named tuple, not a dataclass: replay builds millions of them, and
+    a frozen dataclass's ``__init__`` costs about three times a tuple's."""
+
     position: int
     stream_id: str
     version: int

@@ -1,4 +1,4 @@
-"""The event log: events, head row, snapshots, append-only triggers and audit views.
+"""The event log: events, snapshots, append-only triggers and audit views.
 
 Revision ID: 0001_event_log
 Revises:
@@ -9,7 +9,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from kasmina.events.hashing import GENESIS
 
 revision = "0001_event_log"
 down_revision = None
@@ -87,13 +86,6 @@ def upgrade() -> None:
     op.create_index("ix_kasmina_events_command_id", "kasmina_events", ["command_id"],
                     sqlite_where=sa.text("command_id IS NOT NULL"),
                     postgresql_where=sa.text("command_id IS NOT NULL"))
-    head = op.create_table(
-        "kasmina_head",
-        sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
-        sa.Column("position", sa.BigInteger, nullable=False),
-        sa.Column("hash", sa.String(64), nullable=False),
-    )
-    op.bulk_insert(head, [{"id": 1, "position": 0, "hash": GENESIS}])
     op.create_table(
         "kasmina_snapshots",
         sa.Column("stream_id", sa.String(255), primary_key=True),
@@ -135,5 +127,4 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS kasmina_events_no_update")
         op.execute("DROP TRIGGER IF EXISTS kasmina_events_no_delete")
     op.drop_table("kasmina_snapshots")
-    op.drop_table("kasmina_head")
     op.drop_table("kasmina_events")
