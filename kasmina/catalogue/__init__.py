@@ -1,0 +1,39 @@
+"""Kernel catalogue: versioned, checksummed blueprints; cached, breaker-guarded fetch.
+
+``Catalogue().fetch("bottleneck_mlp", site, device=..., dtype=..., generator=seed_generator(
+run_seed, "features.3", generation))`` returns a :class:`FetchResult` whose ``module`` is a
+new seed owned by the caller, byte-identical for the same (run seed, site, generation).
+"""
+
+from __future__ import annotations
+
+from kasmina.catalogue.blueprints import (
+    BOTTLENECK_MLP,
+    CONV_ADAPTER,
+    ZERO_LINEAR,
+    Blueprint,
+    SeedConv2d,
+    SeedLinear,
+    default_blueprints,
+    generator_seed,
+    seed_generator,
+)
+from kasmina.catalogue.breaker import BreakerState, CircuitBreaker
+from kasmina.catalogue.cache import CacheKey, CachedKernel, DeviceCache, site_signature
+from kasmina.catalogue.catalogue import (
+    REASONS,
+    Catalogue,
+    CatalogueError,
+    FetchError,
+    FetchResult,
+    UnknownBlueprint,
+    artifact_bytes,
+)
+
+__all__ = [
+    "Blueprint", "default_blueprints", "seed_generator", "generator_seed", "SeedLinear", "SeedConv2d",
+    "CONV_ADAPTER", "BOTTLENECK_MLP", "ZERO_LINEAR",
+    "BreakerState", "CircuitBreaker",
+    "CacheKey", "CachedKernel", "DeviceCache", "site_signature",
+    "Catalogue", "CatalogueError", "FetchError", "FetchResult", "UnknownBlueprint", "artifact_bytes", "REASONS",
+]
