@@ -109,3 +109,19 @@ def store(backend_url: str) -> Iterator[EventStore]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_torch_compile() -> Iterator[None]:
+    """Kasmina never compiles (Tezzeret's job in Esper): any call anywhere fails the suite."""
+    import torch
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.compile was called: Kasmina must never compile")
+
+    saved = torch.compile
+    torch.compile = refuse  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.compile = saved  # type: ignore[assignment]

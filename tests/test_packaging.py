@@ -54,3 +54,12 @@ def test_known_revisions_are_the_alembic_chain() -> None:
     assert scripts.get_heads() == [SCHEMA_REVISION]
     chain = [rev.revision for rev in scripts.walk_revisions()]
     assert list(reversed(chain)) == list(KNOWN_REVISIONS)
+
+
+def test_every_package_on_disk_is_listed_in_pyproject() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "kasmina").rglob("__init__.py")}
+    on_disk |= {"kasmina.migrations", "kasmina.migrations.versions"}
+    assert on_disk <= listed, f"add to pyproject.toml packages: {sorted(on_disk - listed)}"

@@ -1,0 +1,544 @@
+"""The in-process executor: signed commands in, seeds grafted into a live torch model.
+
+Flow of one command: ``handle`` verifies it (signature, nonce, freshness), translates it
+into a lifecycle command, and the :class:`~kasmina.ledger.Ledger` decides, appends and
+evolves. Only then does the executor make the model match the new state
+(:meth:`Executor._reconcile`): fetch and attach a seed, open or close isolation hooks,
+set alpha. The same reconcile runs after every training step and after re-opening a log,
+so the model always follows the replayed state, never the other way round.
+
+The training hot path is ``model(x)`` (pure torch, no database) plus ``step()``, which
+advances the step counter, writes each blending seed's alpha into its device tensor, and
+asks the pure lifecycle which seeds have a gate due. The database and device syncs happen
+only when a gate falls due or a stage changes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from google.protobuf.message import DecodeError
+from torch import Tensor, nn
+
+from kasmina import leyline
+from kasmina.annotations import parse_blend_annotations
+from kasmina.catalogue import Catalogue, FetchError, seed_generator
+from kasmina.errors import KasminaError, StoreError
+from kasmina.events import EventStore, open_store, parse
+from kasmina.executor.isolation import IsolationMonitor, shared_parameters
+from kasmina.executor.measure import MetricPolicy, SiteRuntime, measure
+from kasmina.executor.site import SeedSite, SiteMode, inject, module_placement
+from kasmina.kernels.blend import BlenderConfig, BlendMode
+from kasmina.lifecycle.schedule import AlphaSchedule
+from kasmina.ledger import Ledger, Outcome
+from kasmina.lifecycle import commands as c
+from kasmina.lifecycle import events as ev
+from kasmina.lifecycle.alpha import alpha_for
+from kasmina.lifecycle.gates import GateInputs
+from kasmina.lifecycle.stages import Gate, Stage
+from kasmina.lifecycle.state import SeedState
+from kasmina.rebuild import replay_seed
+from kasmina.security import REASON_MESSAGES, Keyring, Verifier
+
+SeedOp = leyline.SeedOperation
+#: Controller operations that ask a seed to move on now (gates still apply).
+_ADVANCE: Mapping[int, Stage] = {
+    SeedOp.Value("SEED_OP_START_TRAINING"): Stage.TRAINING,
+    SeedOp.Value("SEED_OP_START_GRAFTING"): Stage.BLENDING,
+    SeedOp.Value("SEED_OP_STABILIZE"): Stage.SHADOWING,
+    SeedOp.Value("SEED_OP_EVALUATE"): Stage.PROBATIONARY,
+    SeedOp.Value("SEED_OP_FOSSILIZE"): Stage.FOSSILIZED,
+}
+_CULL_OPS = {SeedOp.Value("SEED_OP_CULL"), SeedOp.Value("SEED_OP_CANCEL")}
+_MODES: Mapping[Stage, SiteMode] = {
+    Stage.GERMINATED: SiteMode.TRAINING,
+    Stage.TRAINING: SiteMode.TRAINING,
+    Stage.BLENDING: SiteMode.BLENDING,
+    Stage.SHADOWING: SiteMode.ACTIVE,
+    Stage.PROBATIONARY: SiteMode.ACTIVE,
+    Stage.FOSSILIZED: SiteMode.FOSSILIZED,
+}
+#: Stages whose seed collects isolation statistics (WP-K2).
+_HOOKED = frozenset({Stage.TRAINING, Stage.BLENDING})
+UNSUPPORTED = "unsupported_command"
+UNKNOWN_SITE = "unknown_site"
+MALFORMED = "malformed_command"
+STORE_UNAVAILABLE = "store_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What happened to one command."""
+
+    accepted: bool
+    reason: str
+    detail: str = ""
+    positions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SeedView:
+    """A read-only look at one site (``Executor.seed``)."""
+
+    seed_id: str
+    stage: str
+    alpha: float
+    blend_mode: str
+    generation: int
+    blueprint_id: str | None
+    paused: bool
+    trainable_parameters: int
+    prewarm_ms: float | None
+
+
+class Executor:
+    """Grafts, trains, blends, probes and retires seeds in ``model`` at the named sites."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sites: Iterable[str],
+        db: str | EventStore | None = None,
+        secret: bytes | str | Mapping[str, bytes | str] | Keyring | None = None,
+        catalogue: Catalogue | None = None,
+        telemetry: Any = None,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        run_seed: int = 0,
+        metric: MetricPolicy | None = None,
+        prewarm: Callable[[str], Tensor | None] | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.model = model
+        self.catalogue = catalogue if catalogue is not None else Catalogue()
+        self.telemetry = telemetry
+        self.optimizer = optimizer
+        self.run_seed = run_seed
+        self.policy = metric if metric is not None else MetricPolicy()
+        self._prewarm = prewarm
+        keyring = secret if isinstance(secret, Keyring) else (Keyring(secret) if secret is not None else Keyring.from_env())
+        self.verifier = verifier if verifier is not None else Verifier(keyring)
+        self.store = db if isinstance(db, EventStore) else _open_log(db)
+        self._owns_store = not isinstance(db, EventStore)
+        self.ledger = Ledger.open(self.store)
+        self.sites: dict[str, SeedSite] = inject(model, list(sites))
+        #: The host's own parameters, taken before any seed exists: what a seed must not touch.
+        self._host_params: list[Tensor] = list(model.parameters())
+        self._runtime: dict[str, SiteRuntime] = {}
+        self._metrics: dict[str, float] = {}
+        self._step = self._restored_step()
+        self._rebuild_nonces()
+        for name in self.sites:
+            self._reconcile(name)
+
+    # -- opening and closing --------------------------------------------------------------
+    def _restored_step(self) -> int:
+        last_close = 0
+        for event in self.store.read(stream_id=ev.EXECUTOR_STREAM):
+            if event.type == ev.EXECUTOR_CLOSED:
+                last_close = int(event.data["step"])
+        entered = [s.stage_entered_step for s in self.ledger.seeds.values()]
+        return max([last_close, *entered])
+
+    def _rebuild_nonces(self) -> None:
+        """Commands seen within the nonce window stay refused after a restart."""
+        window = timedelta(seconds=self.verifier.ledger.ttl_s)
+        now = time.time()
+        ids = self.store.command_ids_since(datetime.now(timezone.utc) - window)
+        self.verifier.ledger.load((command_id, now) for command_id in ids)
+
+    def close(self) -> None:
+        """Record the step reached (so alpha resumes exactly), remove hooks, close the log."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        for runtime in self._runtime.values():
+            if runtime.monitor is not None:
+                runtime.monitor.close()
+        try:
+            self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.EXECUTOR_CLOSED, {"step": self._step})])
+        finally:
+            if self._owns_store:
+                self.store.close()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------
+    @property
+    def step_count(self) -> int:
+        return self._step
+
+    def state(self, seed_id: str) -> SeedState:
+        return self.ledger.state(seed_id)
+
+    def seed(self, seed_id: str) -> SeedView:
+        site = self._site(seed_id)
+        state = self.ledger.state(seed_id)
+        runtime = self._runtime.get(seed_id)
+        mode = (state.blend or {}).get("mode") or BlendMode.CONVEX.value
+        trainable = sum(p.numel() for p in site.seed.parameters() if p.requires_grad) if site.seed is not None else 0
+        return SeedView(seed_id, state.stage.name, alpha_for(state, self._step), str(mode), state.generation,
+                        state.blueprint_id, state.paused, trainable, runtime.prewarm_ms if runtime else None)
+
+    def seeds(self) -> list[SeedView]:
+        return [self.seed(name) for name in self.sites]
+
+    def _site(self, seed_id: str) -> SeedSite:
+        try:
+            return self.sites[seed_id]
+        except KeyError:
+            raise KasminaError(f"no seed site {seed_id!r} (sites: {', '.join(self.sites)})") from None
+
+    def run_probe(self, seed_id: str, fn: Callable[[], Any]) -> Any:
+        """The one entry for probes: SHADOWING/PROBATIONARY run under ``inference_mode``."""
+        stage = self.ledger.state(seed_id).stage
+        if stage in (Stage.SHADOWING, Stage.PROBATIONARY):
+            with torch.inference_mode():
+                return fn()
+        with torch.no_grad():
+            return fn()
+
+    # -- commands -------------------------------------------------------------------------
+    def handle(self, command: leyline.AdaptationCommand | bytes) -> Result:
+        """Verify, decide, record and carry out one controller command."""
+        try:
+            if isinstance(command, (bytes, bytearray)):
+                try:
+                    command = leyline.AdaptationCommand.FromString(bytes(command))
+                except DecodeError as e:
+                    return self._refuse(MALFORMED, None, f"not an AdaptationCommand: {e}", verified=False)
+            reason = self.verifier.check(command)
+            if reason is not None:
+                return self._refuse(reason, command, _why(reason), verified=False)
+            result = self._dispatch(command)
+            self.verifier.remember(command.command_id)
+            return result
+        except StoreError as e:
+            # The log cannot be written: nothing was carried out, training goes on.
+            return Result(False, STORE_UNAVAILABLE, str(e))
+
+    def _refuse(self, reason: str, command: leyline.AdaptationCommand | None, detail: str, *,
+                verified: bool, **extra: Any) -> Result:
+        seed_id = command.target_seed_id or None if command is not None else None
+        data: dict[str, Any] = {"command_type": leyline.CommandType.Name(command.command_type)
+                                if command is not None and command.command_type in leyline.CommandType.values()
+                                else None, **extra}
+        if command is not None:
+            data["command_id"] = command.command_id[:255]
+        event = ev.refused(reason, seed_id=seed_id, detail=detail, **data)
+        # An unverified command's id is not trusted: recording it as the command id would
+        # let a forged command block the genuine one, so it is kept in the payload only.
+        outcome = self.ledger.refuse(event, command_id=command.command_id if verified and command else None)
+        return Result(False, reason, detail, tuple(e.position for e in outcome.events))
+
+    def _dispatch(self, cmd: leyline.AdaptationCommand) -> Result:
+        kind = cmd.command_type
+        CT = leyline.CommandType
+        if kind == CT.Value("COMMAND_SEED"):
+            return self._seed_command(cmd)
+        if kind == CT.Value("COMMAND_PAUSE"):
+            site = self._target(cmd)
+            if isinstance(site, Result):
+                return site
+            resume = cmd.annotations.get("resume", "").strip().lower() == "true"
+            lc: c.Command = c.Resume(site, self._step) if resume else c.Pause(site, self._step)
+            return self._submit(lc, cmd)
+        if kind == CT.Value("COMMAND_ROLLBACK"):
+            return self._rollback(cmd)
+        if kind == CT.Value("COMMAND_EMERGENCY"):
+            return self._emergency(cmd)
+        if kind == CT.Value("COMMAND_CIRCUIT_BREAKER"):
+            return self._breaker(cmd)
+        name = CT.Name(kind) if kind in CT.values() else str(kind)
+        return self._refuse(UNSUPPORTED, cmd, f"{name} is not carried out by Kasmina", verified=True)
+
+    def _target(self, cmd: leyline.AdaptationCommand) -> str | Result:
+        if cmd.target_seed_id not in self.sites:
+            return self._refuse(UNKNOWN_SITE, cmd, f"no seed site {cmd.target_seed_id[:200]!r}; "
+                                f"sites: {', '.join(self.sites)}", verified=True)
+        return cmd.target_seed_id
+
+    def _seed_command(self, cmd: leyline.AdaptationCommand) -> Result:
+        if cmd.WhichOneof("payload") != "seed_operation":
+            return self._refuse(UNSUPPORTED, cmd, "COMMAND_SEED without a seed_operation payload", verified=True)
+        site = self._target(cmd)
+        if isinstance(site, Result):
+            return site
+        op = cmd.seed_operation.operation
+        if op == SeedOp.Value("SEED_OP_GERMINATE"):
+            return self._germinate(site, cmd)
+        if op in _CULL_OPS:
+            reason = cmd.annotations.get("reason", "") or SeedOp.Name(op).removeprefix("SEED_OP_").lower()
+            return self._submit(c.Cull(site, self._step, reason[:500]), cmd)
+        if op in _ADVANCE:
+            state = self.ledger.state(site)
+            from kasmina.lifecycle.machine import gates_for
+
+            target = _ADVANCE[op]
+            inputs = self._measure(state, gates_for(state.stage, target)) if state.stage != target else None
+            return self._submit(c.Advance(site, self._step, target, inputs), cmd)
+        name = SeedOp.Name(op) if op in SeedOp.values() else str(op)
+        return self._refuse(UNSUPPORTED, cmd, f"seed operation {name} is not carried out by Kasmina", verified=True)
+
+    def _germinate(self, site: str, cmd: leyline.AdaptationCommand) -> Result:
+        op = cmd.seed_operation
+        blueprint_id = op.blueprint_id
+        parameters = dict(op.parameters)
+        base = self.sites[site].base_layer
+        known = self.catalogue.knows(blueprint_id) and self.catalogue.get(blueprint_id).supports(base)
+        bounds = self.catalogue.bounds(blueprint_id) if self.catalogue.knows(blueprint_id) else {}
+        config, warnings = parse_blend_annotations(dict(cmd.annotations))
+        config, warnings = _fit_channels(config, warnings, base)
+        schedule = cmd.annotations.get("alpha_schedule", "SIGMOID")
+        try:
+            schedule = AlphaSchedule.parse(schedule).name
+        except ValueError:
+            warnings.append({"key": "alpha_schedule", "value": schedule[:200], "level": "WARNING",
+                             "message": "unknown alpha schedule: SIGMOID, LINEAR or COSINE; using SIGMOID"})
+            schedule = "SIGMOID"
+        baseline = self._metrics.get(self.policy.name) if self.policy.name else None
+        germinate = c.Germinate(
+            site, blueprint_id, self._step,
+            GateInputs(blueprint_known=known, parameters=parameters, parameter_bounds=dict(bounds)),
+            parameters=parameters, blend=config.to_dict() if config is not None else None,
+            warnings=tuple(warnings), baseline_metric=baseline, schedule=schedule,
+        )
+        return self._submit(germinate, cmd)
+
+    def _rollback(self, cmd: leyline.AdaptationCommand) -> Result:
+        site = self._target(cmd)
+        if isinstance(site, Result):
+            return site
+        fields = cmd.rollback_payload.fields if cmd.HasField("rollback_payload") else {}
+        raw = fields["to_position"].number_value if "to_position" in fields else None
+        head, _ = self.store.head()
+        if raw is None or not math.isfinite(raw) or raw != int(raw) or not 0 <= raw <= head:
+            return self._refuse("invalid_parameter", cmd, f"rollback needs to_position in [0, {head}]",
+                                verified=True)
+        target = replay_seed(self.store, site, to_position=int(raw))
+        return self._submit(c.Rollback(site, self._step, int(raw), target), cmd)
+
+    def _emergency(self, cmd: leyline.AdaptationCommand) -> Result:
+        """Cull every live seed: the host alone is the safe state."""
+        reason = cmd.annotations.get("reason", "")[:500] or "emergency"
+        outcome = self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.EMERGENCY, {"reason": reason, "step": self._step})],
+                                   command_id=cmd.command_id)
+        positions = [e.position for e in outcome.events]
+        for name in self.sites:
+            if self.ledger.state(name).stage in _MODES and self.ledger.state(name).stage is not Stage.FOSSILIZED:
+                culled = self.ledger.submit(c.Cull(name, self._step, f"emergency: {reason}"))
+                positions.extend(e.position for e in culled.events)
+                self._reconcile(name)
+        return Result(True, "accepted", reason, tuple(positions))
+
+    def _breaker(self, cmd: leyline.AdaptationCommand) -> Result:
+        desired = cmd.circuit_breaker.desired_state
+        names = {v: leyline.CircuitBreakerState.Name(v).removeprefix("CIRCUIT_STATE_")
+                 for v in leyline.CircuitBreakerState.values()}
+        if desired not in names or names[desired] == "UNKNOWN":
+            return self._refuse("invalid_parameter", cmd, "circuit breaker state must be CLOSED, OPEN or HALF_OPEN",
+                                verified=True)
+        rationale = cmd.circuit_breaker.rationale[:500] or "controller"
+        self.catalogue.breaker.force(names[desired], rationale)
+        outcome = self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.BREAKER_FORCED, {
+            "state": names[desired], "rationale": rationale, "step": self._step})], command_id=cmd.command_id)
+        return Result(True, "accepted", names[desired], tuple(e.position for e in outcome.events))
+
+    def _submit(self, command: c.Command, cmd: leyline.AdaptationCommand) -> Result:
+        outcome = self.ledger.submit(command, command_id=cmd.command_id)
+        if outcome.accepted:
+            self._reconcile(command.seed_id)
+        return _result(outcome)
+
+    # -- training steps -------------------------------------------------------------------
+    def step(self, metrics: Mapping[str, float] | None = None) -> list[int]:
+        """Once per optimizer step: dwell, gates and alpha. Returns positions appended."""
+        if metrics:
+            for key, value in metrics.items():
+                value = float(value)
+                if math.isfinite(value):
+                    self._metrics[str(key)] = value
+                elif key == "loss":
+                    self._metrics[str(key)] = value  # G1 sees the non-finite loss
+        self._step += 1
+        self._record_baselines()
+        recorded = self.ledger.tick(self._step, self._measure, seed_ids=self.sites)
+        for name in {e.stream_id for e in recorded}:
+            self._reconcile(name)
+        for name, site in self.sites.items():
+            if site.mode is SiteMode.BLENDING:
+                site.alpha.fill_(alpha_for(self.ledger.state(name), self._step))
+        return [e.position for e in recorded]
+
+    def _record_baselines(self) -> None:
+        """A seed germinated before any metric was reported takes the first one as its G4 baseline."""
+        metric = self._metrics.get(self.policy.name) if self.policy.name else None
+        if metric is None:
+            return
+        for name in self.sites:
+            state = self.ledger.state(name)
+            if state.baseline_metric is None and state.stage in _MODES and state.stage is not Stage.FOSSILIZED:
+                self.ledger.note(name, [ev.Event(ev.BASELINE_RECORDED, {"metric": metric, "step": self._step})])
+
+    def _measure(self, state: SeedState, gates: tuple[Gate, ...]) -> GateInputs:
+        site = self.sites[state.seed_id]
+        inputs = measure(site, self._runtime.get(state.seed_id), state, gates,
+                         host_params=self._host_params, metrics=self._metrics, policy=self.policy)
+        runtime = self._runtime.get(state.seed_id)
+        if runtime is not None and runtime.violations and not runtime.facts.get("violation_recorded"):
+            runtime.facts["violation_recorded"] = True
+            self.ledger.note(state.seed_id, [ev.Event(ev.ISOLATION_VIOLATION, {
+                "count": runtime.violations, "step": self._step, "detail": "seed output depends on host parameters"})])
+        return inputs
+
+    # -- making the model follow the state ------------------------------------------------
+    def _reconcile(self, name: str) -> None:
+        site = self.sites[name]
+        state = self.ledger.state(name)
+        attached = state.stage in _MODES or (state.stage is Stage.TERMINATED and state.blueprint_id is not None)
+        if not attached:
+            self._detach(name)
+            return
+        runtime = self._runtime.get(name)
+        if site.seed is None or runtime is None or runtime.generation != state.generation:
+            self._detach(name)
+            if not self._attach(name, state):
+                return
+            runtime = self._runtime[name]
+        stage = Stage.FOSSILIZED if state.stage is Stage.TERMINATED else state.stage
+        site.mode = SiteMode.PAUSED if state.paused else _MODES[stage]
+        site.config = BlenderConfig.from_dict(state.blend) if state.blend else None
+        site.alpha.fill_(alpha_for(state, self._step))
+        if stage in _HOOKED and not state.paused:
+            if runtime.monitor is None and site.seed is not None:
+                runtime.monitor = IsolationMonitor(site.seed)
+            if runtime.monitor is not None:
+                runtime.monitor.open()
+        elif runtime.monitor is not None:
+            runtime.monitor.close()
+            runtime.monitor = None
+
+    def _attach(self, name: str, state: SeedState) -> bool:
+        site = self.sites[name]
+        device, dtype = module_placement(site.base_layer)
+        generator = seed_generator(self.run_seed, name, state.generation)
+        try:
+            fetched = self.catalogue.fetch(state.blueprint_id or "", site.base_layer, device=device, dtype=dtype,
+                                           generator=generator)
+        except FetchError as e:
+            outcome = self.ledger.submit(c.Cull(name, self._step, f"kernel fetch failed: {e}"))
+            if outcome.accepted:
+                self._detach(name)
+            return False
+        site.seed = fetched.module
+        runtime = SiteRuntime(generation=state.generation, fetch_ms=fetched.latency_ms)
+        runtime.violations = shared_parameters(fetched.module, self._host_params)
+        runtime.prewarm_ms = self._prewarm_seed(name, site, fetched.blueprint_id_used)
+        self._runtime[name] = runtime
+        if self.optimizer is not None:
+            # Keyed by seed id, not by position; parameters the optimizer already holds
+            # (a seed sharing host weights: an isolation violation) are not added twice.
+            known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+            fresh = [p for p in fetched.module.parameters() if p.requires_grad and id(p) not in known]
+            if fresh:
+                self.optimizer.add_param_group({"params": fresh, "kasmina_seed": name})
+        facts = [ev.Event(ev.KERNEL_ATTACHED, {
+            "requested": state.blueprint_id, "used": fetched.blueprint_id_used, "version": fetched.version,
+            "checksum": fetched.checksum, "fetch_ms": round(fetched.latency_ms, 4), "cache_hit": fetched.cache_hit,
+            "fallback_used": fetched.fallback_used, "fallback_reason": fetched.reason,
+            "prewarm_ms": runtime.prewarm_ms, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "step": self._step})]
+        if runtime.violations:
+            runtime.facts["violation_recorded"] = True
+            facts.append(ev.Event(ev.ISOLATION_VIOLATION, {"count": runtime.violations, "step": self._step,
+                                                           "detail": "seed shares parameters with the host"}))
+        self.ledger.note(name, facts)
+        return True
+
+    def _prewarm_seed(self, name: str, site: SeedSite, blueprint_id: str) -> float | None:
+        """One inference forward if a representative input is known (WP-K6); never compiles.
+
+        The input comes from the ``prewarm`` callback, else the blueprint's catalogue
+        metadata, else the last batch the site saw; with none of them it is a no-op.
+        """
+        example = self._prewarm(name) if self._prewarm is not None else None
+        if example is None and self.catalogue.knows(blueprint_id):
+            make = self.catalogue.get(blueprint_id).example_input
+            example = make(site.base_layer, 2) if make is not None else None
+        if example is None:
+            example = site.last_input
+        if example is None or site.seed is None:
+            return None
+        device, dtype = module_placement(site.base_layer)
+        example = example.to(device=device, dtype=dtype)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            site.seed(example)
+        return round((time.perf_counter() - started) * 1000.0, 4)
+
+    def _detach(self, name: str) -> None:
+        site = self.sites[name]
+        runtime = self._runtime.pop(name, None)
+        if runtime is not None and runtime.monitor is not None:
+            runtime.monitor.close()
+        if site.seed is not None and self.optimizer is not None:
+            params = {id(p) for p in site.seed.parameters()}
+            for group in list(self.optimizer.param_groups):
+                if group.get("kasmina_seed") == name:
+                    self.optimizer.param_groups.remove(group)
+            for p in [p for p in self.optimizer.state if id(p) in params]:
+                del self.optimizer.state[p]
+        site.seed = None
+        site.mode = SiteMode.DORMANT
+        site.config = None
+        site.last_input = None
+        site.interface_error = None
+        site.alpha.zero_()
+
+
+def _fit_channels(config: BlenderConfig | None, warnings: list[dict[str, str]],
+                  base: nn.Module) -> tuple[BlenderConfig | None, list[dict[str, str]]]:
+    """CHANNEL's vector must match the site's channels: checked when it is configured."""
+    if config is None or config.mode is not BlendMode.CHANNEL:
+        return config, warnings
+    channels = getattr(base, "out_channels", None) or getattr(base, "out_features", None)
+    if channels is None:
+        return config, warnings
+    try:
+        config.check_channels(int(channels))
+    except ValueError as e:
+        warnings = [*warnings, {"key": "alpha_vec", "value": str(len(config.alpha_vec or ()))[:200],
+                                "message": str(e), "level": "WARNING"}]
+        config = BlenderConfig(mode=BlendMode.CONVEX, source=config.source)
+    return config, warnings
+
+
+def _result(outcome: Outcome) -> Result:
+    return Result(outcome.accepted, outcome.reason, "", tuple(e.position for e in outcome.events))
+
+
+def _why(reason: str) -> str:
+    return REASON_MESSAGES.get(reason, reason)
+
+
+def _open_log(url: str | None) -> EventStore:
+    """Open the run's log; a brand-new SQLite file is created and migrated, nothing else is."""
+    from kasmina.events import default_url, migrate
+
+    url = default_url() if url is None else url
+    parsed = parse(url)
+    if parsed.backend == "sqlite":
+        import os
+
+        if not os.path.exists(parsed.sqlite_path):
+            migrate.upgrade(url)
+    return open_store(url)

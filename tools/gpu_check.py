@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""GPU checks for Kasmina, in one script for the accelerator machine.
+
+1. No device->host synchronisation in a steady-state training step: for every blend mode a
+   seed is put in BLENDING, then training steps (forward, backward, optimizer step and
+   ``Executor.step()``) run under ``torch.cuda.set_sync_debug_mode("error")``, which raises
+   on any sync.
+2. The executor benchmark on CUDA (step overhead vs a hand-wired seed, probe memory).
+
+Prints one table; exits non-zero if a check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MODES = {
+    "CONVEX": {},
+    "RESIDUAL": {},
+    "CHANNEL": {"alpha_vec": "[" + ",".join(["0.75"] * 32) + "]"},
+    "CONFIDENCE": {"gate_k": "4", "gate_tau": "0.2", "alpha_lo": "0.1", "alpha_hi": "0.9"},
+}
+
+
+def sync_free_steps(mode: str, extra: dict[str, str], steps: int = 20) -> str:
+    import kasmina
+    from kasmina import commands
+    from kasmina.bench.executor import SECRET, BenchNet
+    from kasmina.security import sign
+
+    dev = torch.device("cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = BenchNet().to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        ex = kasmina.Executor(model, sites=["features.2"], db=f"sqlite:///{Path(tmp) / 'g.db'}", secret=SECRET,
+                              optimizer=opt)
+        params = {"germinated_steps": 1, "training_steps": 1, "blend_steps": 1_000_000}
+        result = ex.handle(sign(commands.germinate("features.2", "conv_adapter", parameters=params,
+                                                   annotations={"blend_mode": mode, **extra}), SECRET))
+        assert result.accepted, result
+        x = torch.randn(64, 3, 32, 32, device=dev)
+        y = torch.randint(0, 10, (64,), device=dev)
+
+        def step() -> None:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ex.step()
+
+        for _ in range(4):  # germination gates (these may sync: a gate fell due)
+            step()
+        stage = ex.seed("features.2").stage
+        assert stage == "BLENDING", stage
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        alpha = ex.seed("features.2").alpha
+        ex.close()
+    return f"ok ({steps} steps, alpha {alpha:.5f})"
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check")
+        return 2
+    from kasmina.bench import executor
+
+    failed = False
+    print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}", flush=True)
+    for mode, extra in MODES.items():
+        try:
+            outcome = sync_free_steps(mode, extra)
+        except Exception as e:  # noqa: BLE001 - report every mode, then fail
+            failed = True
+            where = traceback.extract_tb(e.__traceback__)[-3:]
+            outcome = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0]} at " + " <- ".join(
+                f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(where))
+        print(f"{'sync-free step, ' + mode:<28}  {outcome}", flush=True)
+    bench = executor.run(device="cuda", repeats=100)
+    print(f"{'executor bench':<28}  {executor.summary_line(bench)}")
+    print(json.dumps(bench))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
