@@ -71,7 +71,9 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _blending_executor(workdir: Path, device: torch.device, batch: int) -> tuple[Any, nn.Module, Any, Tensor, Tensor]:
+def blending_executor(workdir: Path, device: torch.device, batch: int, annotations: dict[str, str] | None = None,
+                      ) -> tuple[Any, nn.Module, Any, Tensor, Tensor]:
+    """A BenchNet wrapped by an executor whose seed at ``features.2`` is in a long BLENDING."""
     import kasmina
     from kasmina import commands
     from kasmina.security import sign
@@ -82,7 +84,8 @@ def _blending_executor(workdir: Path, device: torch.device, batch: int) -> tuple
     ex = kasmina.Executor(model, sites=["features.2"], db=f"sqlite:///{workdir / 'bench.db'}", secret=SECRET,
                           optimizer=opt)
     params = {"germinated_steps": 1, "training_steps": 1, "blend_steps": 1_000_000}
-    result = ex.handle(sign(commands.germinate("features.2", "conv_adapter", parameters=params), SECRET))
+    result = ex.handle(sign(commands.germinate("features.2", "conv_adapter", parameters=params,
+                                               annotations=annotations), SECRET))
     if not result.accepted:
         raise RuntimeError(f"germination refused: {result}")
     x = torch.randn(batch, 3, 32, 32, device=device)
@@ -117,7 +120,7 @@ def step_overhead(*, device: str = "cpu", batch: int = 32, repeats: int = 80, wa
 def _step_overhead(dev: torch.device, batch: int, repeats: int, warmup: int) -> dict[str, Any]:
     device = dev.type
     with tempfile.TemporaryDirectory() as tmp:
-        ex, model, opt, x, y = _blending_executor(Path(tmp), dev, batch)
+        ex, model, opt, x, y = blending_executor(Path(tmp), dev, batch)
         site = ex.sites["features.2"]
         alpha = ex.seed("features.2").alpha
         plain = BenchNet().to(dev)
@@ -158,13 +161,13 @@ def _step_overhead(dev: torch.device, batch: int, repeats: int, warmup: int) -> 
             "batch": batch, "device": device}
 
 
-def handle_latency(*, repeats: int = 200) -> dict[str, Any]:
+def handle_latency(*, repeats: int = 200, verify_repeats: int = 2000) -> dict[str, Any]:
     """Median ``handle()`` of a signed command with its durable SQLite append."""
     from kasmina import commands
     from kasmina.security import Keyring, Verifier, sign
 
     with tempfile.TemporaryDirectory() as tmp:
-        ex, model, opt, x, y = _blending_executor(Path(tmp), torch.device("cpu"), 8)
+        ex, model, opt, x, y = blending_executor(Path(tmp), torch.device("cpu"), 8)
         samples = []
         for i in range(repeats):
             cmd = sign(commands.pause("features.2") if i % 2 == 0 else commands.resume("features.2"), SECRET)
@@ -178,7 +181,7 @@ def handle_latency(*, repeats: int = 200) -> dict[str, Any]:
     probe = sign(commands.germinate("features.2", "conv_adapter", parameters={"blend_steps": 30},
                                     annotations={"blend_mode": "CHANNEL", "alpha_vec": "[0.5, 1.0]"}), SECRET)
     checks = []
-    for _ in range(2000):
+    for _ in range(verify_repeats):
         start = time.perf_counter()
         verifier.check(probe)
         checks.append(time.perf_counter() - start)

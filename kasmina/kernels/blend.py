@@ -26,34 +26,23 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
+from kasmina.lifecycle.naming import NamedEnum
+
 __all__ = ["BlendMode", "BlenderConfig", "BlendStats", "blend"]
 
 
-class BlendMode(str, Enum):
+class BlendMode(NamedEnum):
     """The four blend modes; the value is the name, which is what annotations and events carry."""
 
     CONVEX = "CONVEX"
     RESIDUAL = "RESIDUAL"
     CHANNEL = "CHANNEL"
     CONFIDENCE = "CONFIDENCE"
-
-    @classmethod
-    def parse(cls, value: BlendMode | str) -> BlendMode:
-        """The mode for an enum member or a name in any case (surrounding spaces ignored)."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            member = cls.__members__.get(value.strip().upper())
-            if member is not None:
-                return member
-        allowed = ", ".join(cls.__members__)
-        raise ValueError(f"unknown blend mode {value!r}; allowed: {allowed}")
 
 
 def _finite_float(name: str, value: Any) -> float:

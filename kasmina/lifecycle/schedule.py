@@ -20,30 +20,20 @@ from __future__ import annotations
 
 import math
 import operator
-from enum import Enum
+
+from kasmina.lifecycle.naming import NamedEnum
 
 __all__ = ["AlphaSchedule", "alpha_at", "DEFAULT_STEEPNESS"]
 
 DEFAULT_STEEPNESS = 10.0
 
 
-class AlphaSchedule(str, Enum):
+class AlphaSchedule(NamedEnum):
     """The ramp shapes; the value is the name."""
 
     SIGMOID = "SIGMOID"
     LINEAR = "LINEAR"
     COSINE = "COSINE"
-
-    @classmethod
-    def parse(cls, value: AlphaSchedule | str) -> AlphaSchedule:
-        """The schedule for an enum member or a name in any case (surrounding spaces ignored)."""
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            member = cls.__members__.get(value.strip().upper())
-            if member is not None:
-                return member
-        raise ValueError(f"unknown alpha schedule {value!r}; allowed: {', '.join(cls.__members__)}")
 
 
 def alpha_at(step_in_blend: int, total: int, schedule: AlphaSchedule | str = AlphaSchedule.SIGMOID,
