@@ -196,6 +196,7 @@ class SQLEventStore(EventStore):
         hashed_time = timestamp_text(now)
         with self._lock, self._errors("append"):
             raw = self._writer_connection()
+            cursor = None
             try:
                 cursor = raw.cursor()
                 if self._sql.begin:
@@ -265,7 +266,8 @@ class SQLEventStore(EventStore):
                     self._drop_writer()
                 raise
             finally:
-                cursor.close()
+                if cursor is not None:
+                    cursor.close()
         return results
 
     def _is_disconnect(self, error: BaseException) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Mapping
@@ -40,7 +41,8 @@ from kasmina.lifecycle import commands as c
 from kasmina.lifecycle import events as ev
 from kasmina.lifecycle.alpha import alpha_for
 from kasmina.lifecycle.gates import GateInputs
-from kasmina.lifecycle.stages import Gate, Stage
+from kasmina.lifecycle.machine import PROGRESSION, gates_for
+from kasmina.lifecycle.stages import LIVE_STAGES, Gate, Stage
 from kasmina.lifecycle.state import SeedState
 from kasmina.rebuild import replay_seed
 from kasmina.security import REASON_MESSAGES, Keyring, Verifier
@@ -63,6 +65,8 @@ _MODES: Mapping[Stage, SiteMode] = {
     Stage.PROBATIONARY: SiteMode.ACTIVE,
     Stage.FOSSILIZED: SiteMode.FOSSILIZED,
 }
+#: Gates that read the metrics the training loop reports.
+_METRIC_GATES = frozenset({Gate.G1_GRADIENT_HEALTH, Gate.G4_SYSTEM_IMPACT})
 #: Stages whose seed collects isolation statistics (WP-K2).
 _HOOKED = frozenset({Stage.TRAINING, Stage.BLENDING})
 UNSUPPORTED = "unsupported_command"
@@ -127,10 +131,15 @@ class Executor:
         self._owns_store = not isinstance(db, EventStore)
         self.ledger = Ledger.open(self.store)
         self.sites: dict[str, SeedSite] = inject(model, list(sites))
+        #: Module hooks the user's own model had at each site: G5 counts only ours.
+        self._base_hooks = {name: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                                      for m in site.modules()) for name, site in self.sites.items()}
         #: The host's own parameters, taken before any seed exists: what a seed must not touch.
         self._host_params: list[Tensor] = list(model.parameters())
         self._runtime: dict[str, SiteRuntime] = {}
-        self._metrics: dict[str, float] = {}
+        self._metrics: dict[str, float | Tensor] = {}
+        self._facts: list[tuple[str, ev.Event]] = []
+        self.last_error: StoreError | None = None
         self._step = self._restored_step()
         self._rebuild_nonces()
         for name in self.sites:
@@ -138,12 +147,22 @@ class Executor:
 
     # -- opening and closing --------------------------------------------------------------
     def _restored_step(self) -> int:
-        last_close = 0
+        """The training step to continue from: the last one any event recorded.
+
+        A clean ``close()`` records it; after a crash the newest step written by any seed
+        (a transition, a kernel attached, a baseline, a pause) is the best the log knows.
+        """
+        steps = [0]
         for event in self.store.read(stream_id=ev.EXECUTOR_STREAM):
             if event.type == ev.EXECUTOR_CLOSED:
-                last_close = int(event.data["step"])
-        entered = [s.stage_entered_step for s in self.ledger.seeds.values()]
-        return max([last_close, *entered])
+                steps.append(int(event.data["step"]))
+        for state in self.ledger.seeds.values():
+            steps.append(state.stage_entered_step)
+            with closing(self.store.read(after=state.position - 1, upto=state.position)) as last:
+                for event in last:
+                    if isinstance(event.data.get("step"), int):
+                        steps.append(event.data["step"])
+        return max(steps)
 
     def _rebuild_nonces(self) -> None:
         """Commands seen within the nonce window stay refused after a restart."""
@@ -281,11 +300,14 @@ class Executor:
             return self._submit(c.Cull(site, self._step, reason[:500]), cmd)
         if op in _ADVANCE:
             state = self.ledger.state(site)
-            from kasmina.lifecycle.machine import gates_for
-
             target = _ADVANCE[op]
-            inputs = self._measure(state, gates_for(state.stage, target)) if state.stage != target else None
-            return self._submit(c.Advance(site, self._step, target, inputs), cmd)
+            # Measure only a move the lifecycle allows: a refused command must not probe
+            # the seed or record anything but its refusal.
+            legal = not state.paused and state.stage in LIVE_STAGES and PROGRESSION.get(state.stage) == target
+            inputs = self._measure(state, gates_for(state.stage, target)) if legal else None
+            result = self._submit(c.Advance(site, self._step, target, inputs), cmd)
+            self._flush_facts()
+            return result
         name = SeedOp.Name(op) if op in SeedOp.values() else str(op)
         return self._refuse(UNSUPPORTED, cmd, f"seed operation {name} is not carried out by Kasmina", verified=True)
 
@@ -305,7 +327,8 @@ class Executor:
             warnings.append({"key": "alpha_schedule", "value": schedule[:200], "level": "WARNING",
                              "message": "unknown alpha schedule: SIGMOID, LINEAR or COSINE; using SIGMOID"})
             schedule = "SIGMOID"
-        baseline = self._metrics.get(self.policy.name) if self.policy.name else None
+        baseline = self._metric(self.policy.name)
+        baseline = baseline if baseline is not None and math.isfinite(baseline) else None
         germinate = c.Germinate(
             site, blueprint_id, self._step,
             GateInputs(blueprint_known=known, parameters=parameters, parameter_bounds=dict(bounds)),
@@ -334,7 +357,7 @@ class Executor:
                                    command_id=cmd.command_id)
         positions = [e.position for e in outcome.events]
         for name in self.sites:
-            if self.ledger.state(name).stage in _MODES and self.ledger.state(name).stage is not Stage.FOSSILIZED:
+            if self.ledger.state(name).stage in LIVE_STAGES:
                 culled = self.ledger.submit(c.Cull(name, self._step, f"emergency: {reason}"))
                 positions.extend(e.position for e in culled.events)
                 self._reconcile(name)
@@ -348,9 +371,9 @@ class Executor:
             return self._refuse("invalid_parameter", cmd, "circuit breaker state must be CLOSED, OPEN or HALF_OPEN",
                                 verified=True)
         rationale = cmd.circuit_breaker.rationale[:500] or "controller"
-        self.catalogue.breaker.force(names[desired], rationale)
         outcome = self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.BREAKER_FORCED, {
             "state": names[desired], "rationale": rationale, "step": self._step})], command_id=cmd.command_id)
+        self.catalogue.breaker.force(names[desired], rationale)  # only once it is on record
         return Result(True, "accepted", names[desired], tuple(e.position for e in outcome.events))
 
     def _submit(self, command: c.Command, cmd: leyline.AdaptationCommand) -> Result:
@@ -360,18 +383,26 @@ class Executor:
         return _result(outcome)
 
     # -- training steps -------------------------------------------------------------------
-    def step(self, metrics: Mapping[str, float] | None = None) -> list[int]:
-        """Once per optimizer step: dwell, gates and alpha. Returns positions appended."""
+    def step(self, metrics: Mapping[str, float | Tensor] | None = None) -> list[int]:
+        """Once per optimizer step: dwell, gates and alpha. Returns positions appended.
+
+        Metrics may be floats or tensors; a tensor is only read (a device sync) when a gate
+        that uses it falls due. If the log cannot be written, the step still completes with
+        the last recorded state (no stage changes this step) and the error is kept in
+        :attr:`last_error`: training never stops because the database did.
+        """
         if metrics:
-            for key, value in metrics.items():
-                value = float(value)
-                if math.isfinite(value):
-                    self._metrics[str(key)] = value
-                elif key == "loss":
-                    self._metrics[str(key)] = value  # G1 sees the non-finite loss
+            self._metrics.update({str(k): v for k, v in metrics.items()})
         self._step += 1
-        self._record_baselines()
-        recorded = self.ledger.tick(self._step, self._measure, seed_ids=self.sites)
+        try:
+            self._record_baselines()
+            recorded = self.ledger.tick(self._step, self._measure, seed_ids=self.sites)
+            self._flush_facts()
+            self.last_error = None
+        except StoreError as e:
+            self._facts.clear()
+            self.last_error = e
+            recorded = []
         for name in {e.stream_id for e in recorded}:
             self._reconcile(name)
         for name, site in self.sites.items():
@@ -379,26 +410,43 @@ class Executor:
                 site.alpha.fill_(alpha_for(self.ledger.state(name), self._step))
         return [e.position for e in recorded]
 
+    def _metric(self, name: str | None) -> float | None:
+        value = self._metrics.get(name) if name else None
+        return None if value is None else float(value)
+
     def _record_baselines(self) -> None:
-        """A seed germinated before any metric was reported takes the first one as its G4 baseline."""
-        metric = self._metrics.get(self.policy.name) if self.policy.name else None
-        if metric is None:
+        """A seed germinated before any metric was reported takes the first finite one as its G4 baseline."""
+        pending = [n for n in self.sites if self.ledger.state(n).baseline_metric is None
+                   and self.ledger.state(n).stage in LIVE_STAGES]
+        metric = self._metric(self.policy.name) if pending else None
+        if metric is None or not math.isfinite(metric):
             return
-        for name in self.sites:
+        for name in pending:
             state = self.ledger.state(name)
-            if state.baseline_metric is None and state.stage in _MODES and state.stage is not Stage.FOSSILIZED:
+            if state.baseline_metric is None and state.stage in LIVE_STAGES:
                 self.ledger.note(name, [ev.Event(ev.BASELINE_RECORDED, {"metric": metric, "step": self._step})])
 
     def _measure(self, state: SeedState, gates: tuple[Gate, ...]) -> GateInputs:
         site = self.sites[state.seed_id]
-        inputs = measure(site, self._runtime.get(state.seed_id), state, gates,
-                         host_params=self._host_params, metrics=self._metrics, policy=self.policy)
         runtime = self._runtime.get(state.seed_id)
+        metrics = {k: float(v) for k, v in self._metrics.items()} if set(gates) & _METRIC_GATES else {}
+        leftover = sum(1 for g in self.optimizer.param_groups if g.get("kasmina_seed") == state.seed_id) \
+            if self.optimizer is not None else 0
+        inputs = measure(site, runtime, state, gates, host_params=self._host_params, metrics=metrics,
+                         policy=self.policy, base_hooks=self._base_hooks.get(state.seed_id, 0),
+                         leftover_groups=leftover)
         if runtime is not None and runtime.violations and not runtime.facts.get("violation_recorded"):
+            # Recorded after the decision that uses it (the tick appends with the seed's
+            # current version, so nothing may be appended to that stream in between).
             runtime.facts["violation_recorded"] = True
-            self.ledger.note(state.seed_id, [ev.Event(ev.ISOLATION_VIOLATION, {
-                "count": runtime.violations, "step": self._step, "detail": "seed output depends on host parameters"})])
+            self._facts.append((state.seed_id, ev.Event(ev.ISOLATION_VIOLATION, {
+                "count": runtime.violations, "step": self._step, "detail": "seed output depends on host parameters"})))
         return inputs
+
+    def _flush_facts(self) -> None:
+        facts, self._facts = self._facts, []
+        for seed_id, event in facts:
+            self.ledger.note(seed_id, [event])
 
     # -- making the model follow the state ------------------------------------------------
     def _reconcile(self, name: str) -> None:
@@ -523,7 +571,9 @@ def _fit_channels(config: BlenderConfig | None, warnings: list[dict[str, str]],
 
 
 def _result(outcome: Outcome) -> Result:
-    return Result(outcome.accepted, outcome.reason, "", tuple(e.position for e in outcome.events))
+    refusal = next((e for e in outcome.events if e.type == ev.COMMAND_REFUSED), None)
+    detail = str(refusal.data.get("detail", "")) if refusal is not None else ""
+    return Result(outcome.accepted, outcome.reason, detail, tuple(e.position for e in outcome.events))
 
 
 def _why(reason: str) -> str:

@@ -53,7 +53,9 @@ def _probe(site: SeedSite) -> tuple[Tensor, Tensor] | None:
 
 def _grads_finite(seed: nn.Module) -> bool:
     grads = [p.grad for p in seed.parameters() if p.grad is not None]
-    return all(bool(torch.isfinite(g).all()) for g in grads)
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one sync
 
 
 def measure(
@@ -65,6 +67,8 @@ def measure(
     host_params: list[Tensor],
     metrics: Mapping[str, float],
     policy: MetricPolicy,
+    base_hooks: int = 0,
+    leftover_groups: int = 0,
 ) -> GateInputs:
     """Gate inputs for ``gates``; anything that cannot be measured is left ``None``."""
     values: dict[str, Any] = {"latency_budget_ms": policy.latency_budget_ms}
@@ -80,16 +84,15 @@ def measure(
         if probe is not None:
             loss = metrics.get("loss")
             values["seed_loss_finite"] = bool(torch.isfinite(probe[0]).all()) and (
-                loss is None or torch.isfinite(torch.tensor(float(loss))).item())
+                loss is None or math.isfinite(loss))
         if site.seed is not None:
-            grad_ok = _grads_finite(site.seed)
-            if runtime is not None and runtime.monitor is not None:
-                norm = runtime.monitor.read()
-                grad_ok = grad_ok and math.isfinite(norm)
-            values["seed_grad_finite"] = grad_ok
+            values["seed_grad_finite"] = _grads_finite(site.seed)
     if Gate.G2_STABILITY in gates:
         if runtime is not None:
             values["fetch_latency_ms"] = round(runtime.fetch_ms, 4)
+            if runtime.monitor is not None:  # the window since the last G2 (TRAINING, then BLENDING)
+                values["seed_grad_norm"] = round(runtime.monitor.read(), 6)
+                runtime.monitor.reset()
         if probe is not None:
             seed_out, host_out = probe
             values["output_finite"] = bool(torch.isfinite(seed_out).all())
@@ -112,7 +115,11 @@ def measure(
             values["metric"] = float(metrics[policy.name])
         values["baseline_metric"] = state.baseline_metric
     if Gate.G5_RESET in gates:
-        values["hooks"] = runtime.monitor.hook_count if runtime and runtime.monitor else 0
-        values["registered_params"] = sum(1 for _ in site.seed.parameters()) if site.seed is not None else 0
-        values["cache_entries"] = 0 if site.last_input is None else 1
+        monitor_hooks = runtime.monitor.hook_count if runtime and runtime.monitor else 0
+        module_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                           for m in site.modules())
+        values["hooks"] = monitor_hooks + module_hooks - base_hooks
+        values["registered_params"] = (sum(1 for _ in site.seed.parameters()) if site.seed is not None else 0) + \
+            leftover_groups
+        values["cache_entries"] = int(site.last_input is not None) + int(runtime is not None)
     return GateInputs(**values)

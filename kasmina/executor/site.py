@@ -33,12 +33,14 @@ class _StraightThrough(torch.autograd.Function):
     """Forward: the host output, bit for bit. Backward: the upstream gradient to both.
 
     The seed branch's input is detached, so this gives the seed the task loss's gradient
-    while the host receives exactly the gradient it would get without the seed.
+    while the host receives exactly the gradient it would get without the seed. The output
+    is a copy, not a view, so in-place ops after the site (``ReLU(inplace=True)``) work; and
+    not ``host + (seed - seed.detach())``, which a non-finite seed would turn into NaN.
     """
 
     @staticmethod
     def forward(ctx: Any, host: Tensor, seed: Tensor) -> Tensor:  # type: ignore[override]
-        return host.view_as(host)
+        return host.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
@@ -77,7 +79,8 @@ class SeedSite(nn.Module):
         if mode is SiteMode.DORMANT or mode is SiteMode.PAUSED or self.seed is None:
             return host
         seed_input = x if mode is SiteMode.FOSSILIZED else x.detach()
-        self.last_input = seed_input.detach()
+        if not torch.is_inference_mode_enabled():  # an inference tensor could not be probed with autograd later
+            self.last_input = seed_input.detach()
         self.last_output_meta = (host.shape, host.dtype, host.device)
         seed = self.seed(seed_input)
         if seed.shape != host.shape or seed.dtype != host.dtype or seed.device != host.device:

@@ -40,6 +40,8 @@ class GateInputs:
     output_finite: bool | None = None
     output_growth: float | None = None
     growth_limit: float = DEFAULT_GROWTH_LIMIT
+    #: Seed gradient norm accumulated by the isolation hooks over the window (optional).
+    seed_grad_norm: float | None = None
     # G3 INTERFACE
     interface_ok: bool | None = None
     interface_detail: str | None = None
@@ -79,6 +81,7 @@ class GateInputs:
 
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _FLOAT_FIELDS = frozenset({"fetch_latency_ms", "latency_budget_ms", "output_growth", "growth_limit", "metric",
+                           "seed_grad_norm",
                            "baseline_metric", "metric_tolerance"})
 
 
@@ -150,6 +153,8 @@ def _g2(i: GateInputs) -> str | None:
     growth = _need(i, "output_growth")
     if not math.isfinite(growth) or growth > i.growth_limit:
         return f"seed output exploding (growth {growth:g} > {i.growth_limit:g})"
+    if i.seed_grad_norm is not None and not math.isfinite(i.seed_grad_norm):
+        return "seed gradients not finite during the window"
     return None
 
 
