@@ -18,7 +18,7 @@ install: $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 
 demo: install
-	$(VENV)/bin/kasmina simulate --db $(DB) --seeds 8 --steps 400 --rng 7
+	$(VENV)/bin/kasmina simulate --db $(DB) --seeds 8 --steps 400 --rng 12
 	$(VENV)/bin/kasmina history sim.layer1 --db $(DB)
 	$(VENV)/bin/kasmina verify --db $(DB)
 

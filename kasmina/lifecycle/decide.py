@@ -111,7 +111,11 @@ def _move(state: SeedState, dest: Stage, step: int, inputs: GateInputs | None) -
         extra = {}
         if dest is Stage.EMBARGOED:
             extra["embargo_until_step"] = step + state.dwell(Stage.EMBARGOED)
-        reason = verdicts[-1].reason if verdicts else f"{state.stage.name.lower()} dwell elapsed"
+            reason = f"embargoed until step {extra['embargo_until_step']}"
+        elif dest is Stage.RESETTING:
+            reason = "embargo over"
+        else:
+            reason = verdicts[-1].reason if verdicts else f"{state.stage.name.lower()} dwell elapsed"
         return [ev.stage_changed(state.stage, dest, step=step, reason=reason, verdicts=verdicts,
                                  inputs=inputs, **extra)]
     if state.stage in LIVE_STAGES:
