@@ -24,6 +24,9 @@ class Stage(IntEnum):
     RESETTING = 10
     TERMINATED = 11
 
+    def __str__(self) -> str:  # IntEnum prints its number since Python 3.11; people read names
+        return self.name
+
     @classmethod
     def parse(cls, value: str | int | Stage) -> Stage:
         """Accept a stage, its wire number, or its name in any case."""
@@ -45,6 +48,9 @@ class Gate(IntEnum):
     G3_INTERFACE = 4
     G4_SYSTEM_IMPACT = 5
     G5_RESET = 6
+
+    def __str__(self) -> str:
+        return self.name
 
 
 #: Stages in which a seed's module is attached to its site and can be culled.
