@@ -10,10 +10,10 @@ is, by construction, what a replay of its log yields.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from kasmina.errors import StaleVersion
-from kasmina.events.store import SNAPSHOT_EVERY, EventStore, NewEvent, PendingAppend, RecordedEvent
+from kasmina.events.store import SNAPSHOT_EVERY, AppendResult, EventStore, NewEvent, PendingAppend, RecordedEvent
 from kasmina.lifecycle import commands as c
 from kasmina.lifecycle import events as ev
 from kasmina.lifecycle.decide import Decision, decide
@@ -38,15 +38,28 @@ class Ledger:
     """Replayed seed states plus the one way to change them."""
 
     def __init__(self, store: EventStore, seeds: Mapping[str, SeedState] | None = None, *,
-                 snapshot_every: int = SNAPSHOT_EVERY) -> None:
+                 snapshot_every: int = SNAPSHOT_EVERY,
+                 on_recorded: Callable[[Sequence[RecordedEvent]], None] | None = None) -> None:
         self.store = store
         self.seeds: dict[str, SeedState] = dict(seeds or {})
         self.snapshot_every = snapshot_every
+        #: Told about every event this ledger appends (the executor's telemetry listens).
+        self.on_recorded = on_recorded
 
     @classmethod
-    def open(cls, store: EventStore, *, snapshot_every: int = SNAPSHOT_EVERY) -> Ledger:
+    def open(cls, store: EventStore, *, snapshot_every: int = SNAPSHOT_EVERY,
+             on_recorded: Callable[[Sequence[RecordedEvent]], None] | None = None) -> Ledger:
         """A ledger whose states are rebuilt from the log (snapshots first)."""
-        return cls(store, replay(store).seeds, snapshot_every=snapshot_every)
+        return cls(store, replay(store).seeds, snapshot_every=snapshot_every, on_recorded=on_recorded)
+
+    def _append(self, batches: Sequence[PendingAppend]) -> list[AppendResult]:
+        """Every append goes through here, so listeners hear of each recorded event once."""
+        results = self.store.append_many(batches)
+        if self.on_recorded is not None:
+            recorded = [e for r in results for e in r.events]
+            if recorded:
+                self.on_recorded(recorded)
+        return results
 
     def state(self, seed_id: str) -> SeedState:
         return self.seeds.get(seed_id) or SeedState(seed_id)
@@ -64,18 +77,18 @@ class Ledger:
 
     def refuse(self, refusal: ev.Event, *, command_id: str | None = None) -> Outcome:
         """Record a refusal decided before ``decide`` (bad signature, stale command, ...)."""
-        result = self.store.append(ev.EXECUTOR_STREAM, [NewEvent(refusal.type, dict(refusal.data))],
-                                   command_id=command_id)
+        (result,) = self._append([PendingAppend(ev.EXECUTOR_STREAM, [NewEvent(refusal.type, dict(refusal.data))],
+                                                command_id=command_id)])
         return Outcome(False, str(refusal.data["reason"]), result.events, result.duplicate)
 
     def note(self, stream_id: str, events: Iterable[ev.Event], *, command_id: str | None = None) -> Outcome:
         """Record facts that need no decision (a kernel attached, an emergency) and fold them."""
         if stream_id == ev.EXECUTOR_STREAM:
-            result = self.store.append(stream_id, _new(events), command_id=command_id)
+            (result,) = self._append([PendingAppend(stream_id, _new(events), command_id=command_id)])
         else:
             state = self.state(stream_id)
-            result = self.store.append(stream_id, _new(events), expected_version=state.version,
-                                       command_id=command_id)
+            (result,) = self._append([PendingAppend(stream_id, _new(events), expected_version=state.version,
+                                                    command_id=command_id)])
             if not result.duplicate:
                 self._fold(state, result.events)
         return Outcome(not result.duplicate, "recorded", result.events, result.duplicate)
@@ -85,8 +98,8 @@ class Ledger:
             return self.refuse(decision.refusal, command_id=command_id)
         if not decision.events:
             return Outcome(True, "no change")
-        result = self.store.append(state.seed_id, _new(decision.events), expected_version=state.version,
-                                   command_id=command_id)
+        (result,) = self._append([PendingAppend(state.seed_id, _new(decision.events),
+                                                expected_version=state.version, command_id=command_id)])
         if result.duplicate:
             return Outcome(False, "duplicate_command", duplicate=True)
         self._fold(state, result.events)
@@ -111,7 +124,7 @@ class Ledger:
         if not pending:
             return []
         recorded: list[RecordedEvent] = []
-        for result in self.store.append_many(pending):
+        for result in self._append(pending):
             self._fold(self.state(result.stream_id), result.events)
             recorded.extend(result.events)
         return recorded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -177,3 +178,44 @@ def test_bench_store_json_from_the_cli(capsys: pytest.CaptureFixture[str]) -> No
 def test_bench_needs_a_benchmark_name(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "bench")
     assert code == EXIT_USER_ERROR and "kasmina bench --store" in err
+
+
+def test_telemetry_tail_prints_packets_from_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    import uuid
+
+    import redis
+
+    from kasmina.events import RecordedEvent
+    from kasmina.telemetry import RedisSink, Telemetry
+
+    try:
+        redis.Redis(socket_connect_timeout=1).ping()
+    except redis.RedisError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis not reachable on CI: {e}")
+        pytest.skip(f"Redis not reachable: {e}")
+    tag = f"cli{uuid.uuid4().hex[:8]}"
+    tel = Telemetry(RedisSink("redis://127.0.0.1:6379/0", dedupe_prefix=f"{tag}:"),
+                    normal_stream=f"{tag}.n", emergency_stream=f"{tag}.e")
+    now = __import__("datetime").datetime.now(__import__("datetime").timezone.utc)
+    tel.record([RecordedEvent(1, "s", 1, "stage_changed", {"from_stage": "DORMANT", "to_stage": "GERMINATED"},
+                              2, None, now, "h", "p")])
+    tel.flush(step=3)
+    tel.record([RecordedEvent(2, "$executor", 1, "command_refused", {"reason": "invalid_signature"},
+                              2, None, now, "h", "p")])
+    tel.flush(step=4)
+    try:
+        code, out, _ = run_cli(capsys, "telemetry", "tail", "--normal-stream", f"{tag}.n", "--emergency-stream",
+                               f"{tag}.e", "--from-start", "--count", "2", "--json")
+        assert code == 0
+        packets = [json.loads(line) for line in out.splitlines()]
+        assert sorted((p["stream"], p["priority"]) for p in packets) == [(f"{tag}.e", "HIGH"), (f"{tag}.n", "NORMAL")]
+        assert {e["type"] for p in packets for e in p["events"]} == {"stage_changed", "command_refused"}
+    finally:
+        client = redis.Redis()
+        client.delete(f"{tag}.n", f"{tag}.e", *client.keys(f"{tag}:*"))
+
+
+def test_telemetry_tail_without_redis_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "telemetry", "tail", "--redis", "redis://127.0.0.1:1/0", "--count", "1")
+    assert code == EXIT_USER_ERROR and err.startswith("error: cannot reach Redis") and err.count("\n") == 1

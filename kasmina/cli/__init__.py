@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("verify", parents=[common], help="check the hash chain and replay every transition")
 
+    tel = sub.add_parser("telemetry", help="telemetry streams")
+    tel_sub = tel.add_subparsers(dest="telemetry_command", required=True, parser_class=_Parser)
+    tail = tel_sub.add_parser("tail", parents=[common], help="print telemetry packets from Redis as they arrive")
+    tail.add_argument("--redis", metavar="URL", default=None,
+                      help="Redis URL (default: $KASMINA_REDIS, else redis://127.0.0.1:6379/0)")
+    tail.add_argument("--stream", choices=("normal", "emergency", "both"), default="both")
+    tail.add_argument("--normal-stream", default="kasmina.telemetry")
+    tail.add_argument("--emergency-stream", default="kasmina.emergency")
+    tail.add_argument("--count", type=_pos_int, default=None, help="stop after N packets")
+    tail.add_argument("--from-start", action="store_true", help="begin with the oldest packet kept")
+    tail.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="stop after S quiet seconds")
+
     bench = sub.add_parser("bench", parents=[common], help="benchmarks")
     bench.add_argument("--store", action="store_true", help="event-store benchmark (tools/bench_store.py)")
     bench.add_argument("--events", type=_pos_int, default=None)
@@ -124,7 +136,32 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
         return data, render.verify, 0 if data["ok"] else EXIT_VERIFY_FAILED
     if args.command == "bench":
         return _bench(args)
+    if args.command == "telemetry":
+        return _tail(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse guarantees a known command
+
+
+def _tail(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None], int]:
+    """Streams as it goes (a line, or a JSON object, per packet); returns a count at the end."""
+    import os
+
+    from kasmina.telemetry.tail import tail
+
+    url = args.redis or os.environ.get("KASMINA_REDIS") or "redis://127.0.0.1:6379/0"
+    streams = {"normal": [args.normal_stream], "emergency": [args.emergency_stream],
+               "both": [args.normal_stream, args.emergency_stream]}[args.stream]
+    seen = 0
+    for packet in tail(url, streams, count=args.count, from_start=args.from_start,
+                       idle_timeout_s=args.idle_timeout):
+        seen += 1
+        if args.json:
+            print(json.dumps(packet), flush=True)
+        else:
+            events = ", ".join(f"{e['type']}({e.get('reason') or e.get('to_stage') or ''})" for e in packet["events"])
+            print(f"{packet['stream']} {packet['priority']:<8} {packet['packet_id']} step={packet['step']} "
+                  f"events=[{events}] metrics={len(packet['metrics'])}", flush=True)
+    args.json = False  # already printed
+    return {"packets": seen}, lambda out, data: None, 0
 
 
 def _bench(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None], int]:

@@ -46,6 +46,7 @@ from kasmina.lifecycle.stages import LIVE_STAGES, Gate, Stage
 from kasmina.lifecycle.state import SeedState
 from kasmina.rebuild import replay_seed
 from kasmina.security import REASON_MESSAGES, Keyring, Verifier
+from kasmina.telemetry import Metric, Telemetry
 
 SeedOp = leyline.SeedOperation
 #: Controller operations that ask a seed to move on now (gates still apply).
@@ -120,7 +121,7 @@ class Executor:
     ) -> None:
         self.model = model
         self.catalogue = catalogue if catalogue is not None else Catalogue()
-        self.telemetry = telemetry
+        self.telemetry = Telemetry.from_spec(telemetry)
         self.optimizer = optimizer
         self.run_seed = run_seed
         self.policy = metric if metric is not None else MetricPolicy()
@@ -129,7 +130,7 @@ class Executor:
         self.verifier = verifier if verifier is not None else Verifier(keyring)
         self.store = db if isinstance(db, EventStore) else _open_log(db)
         self._owns_store = not isinstance(db, EventStore)
-        self.ledger = Ledger.open(self.store)
+        self.ledger = Ledger.open(self.store, on_recorded=self.telemetry.record)
         self.sites: dict[str, SeedSite] = inject(model, list(sites))
         #: Module hooks the user's own model had at each site: G5 counts only ours.
         self._base_hooks = {name: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
@@ -181,7 +182,9 @@ class Executor:
                 runtime.monitor.close()
         try:
             self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.EXECUTOR_CLOSED, {"step": self._step})])
+            self.telemetry.flush(step=self._step, metrics=self.telemetry_metrics())
         finally:
+            self.telemetry.close()
             if self._owns_store:
                 self.store.close()
 
@@ -229,6 +232,12 @@ class Executor:
     # -- commands -------------------------------------------------------------------------
     def handle(self, command: leyline.AdaptationCommand | bytes) -> Result:
         """Verify, decide, record and carry out one controller command."""
+        try:
+            return self._handle(command)
+        finally:
+            self.telemetry.flush(step=self._step)
+
+    def _handle(self, command: leyline.AdaptationCommand | bytes) -> Result:
         try:
             if isinstance(command, (bytes, bytearray)):
                 try:
@@ -408,7 +417,34 @@ class Executor:
         for name, site in self.sites.items():
             if site.mode is SiteMode.BLENDING:
                 site.alpha.fill_(alpha_for(self.ledger.state(name), self._step))
+        due = self.telemetry.metrics_due(self._step)
+        self.telemetry.flush(step=self._step, metrics=self.telemetry_metrics() if due else None)
         return [e.position for e in recorded]
+
+    def telemetry_metrics(self) -> list[Metric]:
+        """The executor's metrics (reads the blend statistics: one device sync per seed)."""
+        stats = self.catalogue.stats()
+        runtimes = list(self._runtime.values())
+        prewarm = [r.prewarm_ms for r in runtimes if r.prewarm_ms is not None]
+        metrics: list[Metric] = [
+            ("kasmina.seeds.active", float(sum(1 for s in self.sites.values() if s.seed is not None)), "count", {}),
+            ("kasmina.isolation.violations", float(sum(r.violations for r in runtimes)), "count", {}),
+            ("kasmina.kernel.fetch_latency_ms", float(stats["fetch_latency_ms_mean"]), "ms", {}),
+            ("kasmina.cache.gpu_hit_rate", float(stats["hit_rate"]), "ratio", {}),
+        ]
+        if prewarm:
+            metrics.append(("kasmina.prewarm.latency_ms", float(max(prewarm)), "ms", {}))
+        for name, site in self.sites.items():
+            state = self.ledger.state(name)
+            seed = {"seed_id": name}
+            metrics.append(("kasmina.seed.stage", float(state.stage.value), "stage", seed))
+            metrics.append(("kasmina.seed.alpha", alpha_for(state, self._step), "ratio", seed))
+            if site.seed is not None and site.mode in (SiteMode.BLENDING, SiteMode.ACTIVE, SiteMode.FOSSILIZED):
+                summary = site.stats.read()
+                site.stats.reset()
+                for key, value in summary.items():
+                    metrics.append((f"kasmina.blend.{key}", float(value), "ratio", seed))
+        return metrics
 
     def _metric(self, name: str | None) -> float | None:
         value = self._metrics.get(name) if name else None
