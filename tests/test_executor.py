@@ -432,3 +432,15 @@ def test_refusal_on_a_live_seed_changes_nothing(setup) -> None:  # type: ignore[
         assert not result.accepted and result.detail
     assert ex.state("classifier.1") == before and model.classifier[1].seed is module
     assert [e.type for e in ex.store.read(after=head)] == ["command_refused"] * 3
+
+
+def test_culling_one_of_two_seeds_removes_only_its_optimizer_group(setup) -> None:  # type: ignore[no-untyped-def]
+    model, opt, ex, _ = setup
+    assert ex.handle(signed(commands.germinate("features.2", "conv_adapter", parameters=FAST))).accepted
+    assert ex.handle(signed(commands.germinate("classifier.1", "bottleneck_mlp", parameters=FAST))).accepted
+    train(model, opt, ex, 1)
+    groups = [g.get("kasmina_seed") for g in opt.param_groups]
+    assert groups.count("features.2") == 1 and groups.count("classifier.1") == 1
+    assert ex.handle(signed(commands.cull("classifier.1", "test"))).accepted
+    assert [g.get("kasmina_seed") for g in opt.param_groups] == [None, "features.2"]
+    train(model, opt, ex, 1)  # the optimizer still steps the surviving seed

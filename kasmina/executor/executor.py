@@ -576,9 +576,9 @@ class Executor:
             runtime.monitor.close()
         if site.seed is not None and self.optimizer is not None:
             params = {id(p) for p in site.seed.parameters()}
-            for group in list(self.optimizer.param_groups):
-                if group.get("kasmina_seed") == name:
-                    self.optimizer.param_groups.remove(group)
+            # By identity: list.remove would compare groups with ==, i.e. tensors elementwise.
+            self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups
+                                              if g.get("kasmina_seed") != name]
             for p in [p for p in self.optimizer.state if id(p) in params]:
                 del self.optimizer.state[p]
         site.seed = None

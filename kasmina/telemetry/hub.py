@@ -95,7 +95,7 @@ class Telemetry:
         events = list(self._queue)
         self._queue.clear()
         metrics = list(metrics or [])
-        if self.dropped:
+        if metrics or self.dropped:  # in every metric packet, and in any packet once something was lost
             metrics.append(("kasmina.telemetry.dropped", float(self.dropped), "count", {}))
         self._publish(events, metrics, step=step)
 

@@ -39,13 +39,17 @@ class MemorySink:
         return [p for s, p in self.packets if s == name]
 
 
-# KEYS[1] marker, KEYS[2] stream; ARGV: ttl, maxlen, packet_id, priority, payload
+# KEYS[1] marker, KEYS[2] stream; ARGV: ttl, maxlen, packet_id, priority, payload.
+# The marker is set only after XADD succeeded: a refused XADD (WRONGTYPE, OOM) leaves none,
+# so the packet is never taken for published.
 _PUBLISH_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then
-  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', tonumber(ARGV[2]), '*',
-                    'packet_id', ARGV[3], 'priority', ARGV[4], 'packet', ARGV[5])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
 end
-return false
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', tonumber(ARGV[2]), '*',
+                      'packet_id', ARGV[3], 'priority', ARGV[4], 'packet', ARGV[5])
+redis.call('SET', KEYS[1], '1', 'EX', tonumber(ARGV[1]))
+return id
 """
 
 
@@ -112,6 +116,13 @@ class RedisSink:
                 self.last_error = str(e).splitlines()[0] if str(e) else type(e).__name__
                 self._retry_at = self.clock() + self.retry_s
                 return False
+            except redis.ResponseError as e:
+                # Redis answered but refused this packet (wrong key type, out of memory):
+                # retrying cannot help, and it must not block the packets behind it.
+                self.last_error = str(e).splitlines()[0]
+                self._pending.popleft()
+                self.dropped += 1
+                continue
             self._pending.popleft()
             self.published[stream] += 1
         self.last_error = None
