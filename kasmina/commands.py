@@ -15,7 +15,7 @@ import struct
 import time
 import uuid
 from datetime import datetime
-from typing import Mapping
+from typing import Callable, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -172,59 +172,27 @@ def germinate(seed_id: str, blueprint_id: str, *, annotations: Mapping[str, str]
                           issued_by=issued_by, issued_at=issued_at)
 
 
-def _simple(operation: int, seed_id: str, parameters: Mapping[str, float] | None,
-            annotations: Mapping[str, str] | None, command_id: str | None, issued_by: str,
-            issued_at: datetime | float | int | Timestamp | None) -> leyline.AdaptationCommand:
-    return seed_operation(seed_id, operation, parameters=parameters, annotations=annotations,
-                          command_id=command_id, issued_by=issued_by, issued_at=issued_at)
+def _operation(operation: int, name: str) -> Callable[..., leyline.AdaptationCommand]:
+    """A builder for one seed operation that needs nothing but the seed (one definition, six uses)."""
 
-
-def start_training(seed_id: str, *, parameters: Mapping[str, float] | None = None,
-                   annotations: Mapping[str, str] | None = None, command_id: str | None = None,
-                   issued_by: str = DEFAULT_ISSUER,
-                   issued_at: datetime | float | int | Timestamp | None = None) -> leyline.AdaptationCommand:
-    """SEED_OP_START_TRAINING for ``seed_id``."""
-    return _simple(leyline.SeedOperation.SEED_OP_START_TRAINING, seed_id, parameters, annotations, command_id, issued_by, issued_at)
-
-
-def start_grafting(seed_id: str, *, parameters: Mapping[str, float] | None = None,
-                   annotations: Mapping[str, str] | None = None, command_id: str | None = None,
-                   issued_by: str = DEFAULT_ISSUER,
-                   issued_at: datetime | float | int | Timestamp | None = None) -> leyline.AdaptationCommand:
-    """SEED_OP_START_GRAFTING for ``seed_id``."""
-    return _simple(leyline.SeedOperation.SEED_OP_START_GRAFTING, seed_id, parameters, annotations, command_id, issued_by, issued_at)
-
-
-def stabilize(seed_id: str, *, parameters: Mapping[str, float] | None = None,
+    def build(seed_id: str, *, parameters: Mapping[str, float] | None = None,
               annotations: Mapping[str, str] | None = None, command_id: str | None = None,
               issued_by: str = DEFAULT_ISSUER,
               issued_at: datetime | float | int | Timestamp | None = None) -> leyline.AdaptationCommand:
-    """SEED_OP_STABILIZE for ``seed_id``."""
-    return _simple(leyline.SeedOperation.SEED_OP_STABILIZE, seed_id, parameters, annotations, command_id, issued_by, issued_at)
+        return seed_operation(seed_id, operation, parameters=parameters, annotations=annotations,
+                              command_id=command_id, issued_by=issued_by, issued_at=issued_at)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{leyline.SeedOperation.Name(operation)} for ``seed_id``."
+    return build
 
 
-def evaluate(seed_id: str, *, parameters: Mapping[str, float] | None = None,
-             annotations: Mapping[str, str] | None = None, command_id: str | None = None,
-             issued_by: str = DEFAULT_ISSUER,
-             issued_at: datetime | float | int | Timestamp | None = None) -> leyline.AdaptationCommand:
-    """SEED_OP_EVALUATE for ``seed_id``."""
-    return _simple(leyline.SeedOperation.SEED_OP_EVALUATE, seed_id, parameters, annotations, command_id, issued_by, issued_at)
-
-
-def fine_tune(seed_id: str, *, parameters: Mapping[str, float] | None = None,
-              annotations: Mapping[str, str] | None = None, command_id: str | None = None,
-              issued_by: str = DEFAULT_ISSUER,
-              issued_at: datetime | float | int | Timestamp | None = None) -> leyline.AdaptationCommand:
-    """SEED_OP_FINE_TUNE for ``seed_id``."""
-    return _simple(leyline.SeedOperation.SEED_OP_FINE_TUNE, seed_id, parameters, annotations, command_id, issued_by, issued_at)
-
-
-def fossilize(seed_id: str, *, parameters: Mapping[str, float] | None = None,
-              annotations: Mapping[str, str] | None = None, command_id: str | None = None,
-              issued_by: str = DEFAULT_ISSUER,
-              issued_at: datetime | float | int | Timestamp | None = None) -> leyline.AdaptationCommand:
-    """SEED_OP_FOSSILIZE for ``seed_id``."""
-    return _simple(leyline.SeedOperation.SEED_OP_FOSSILIZE, seed_id, parameters, annotations, command_id, issued_by, issued_at)
+start_training = _operation(leyline.SeedOperation.SEED_OP_START_TRAINING, "start_training")
+start_grafting = _operation(leyline.SeedOperation.SEED_OP_START_GRAFTING, "start_grafting")
+stabilize = _operation(leyline.SeedOperation.SEED_OP_STABILIZE, "stabilize")
+evaluate = _operation(leyline.SeedOperation.SEED_OP_EVALUATE, "evaluate")
+fine_tune = _operation(leyline.SeedOperation.SEED_OP_FINE_TUNE, "fine_tune")
+fossilize = _operation(leyline.SeedOperation.SEED_OP_FOSSILIZE, "fossilize")
 
 
 def cull(seed_id: str, reason: str = "", *, parameters: Mapping[str, float] | None = None,
@@ -232,16 +200,12 @@ def cull(seed_id: str, reason: str = "", *, parameters: Mapping[str, float] | No
          issued_by: str = DEFAULT_ISSUER,
          issued_at: datetime | float | int | Timestamp | None = None) -> leyline.AdaptationCommand:
     """SEED_OP_CULL for ``seed_id``; a non-empty ``reason`` goes to ``annotations["reason"]``."""
-    return _simple(leyline.SeedOperation.SEED_OP_CULL, seed_id, parameters,
-                   _with(annotations, "reason", reason), command_id, issued_by, issued_at)
+    return seed_operation(seed_id, leyline.SeedOperation.SEED_OP_CULL, parameters=parameters,
+                          annotations=_with(annotations, "reason", reason), command_id=command_id,
+                          issued_by=issued_by, issued_at=issued_at)
 
 
-def cancel(seed_id: str, *, parameters: Mapping[str, float] | None = None,
-           annotations: Mapping[str, str] | None = None, command_id: str | None = None,
-           issued_by: str = DEFAULT_ISSUER,
-           issued_at: datetime | float | int | Timestamp | None = None) -> leyline.AdaptationCommand:
-    """SEED_OP_CANCEL for ``seed_id``."""
-    return _simple(leyline.SeedOperation.SEED_OP_CANCEL, seed_id, parameters, annotations, command_id, issued_by, issued_at)
+cancel = _operation(leyline.SeedOperation.SEED_OP_CANCEL, "cancel")
 
 
 def _with(annotations: Mapping[str, str] | None, key: str, value: str | None) -> dict[str, str]:
