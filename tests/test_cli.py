@@ -175,9 +175,9 @@ def test_bench_store_json_from_the_cli(capsys: pytest.CaptureFixture[str]) -> No
         assert all(store[contender][k] > 0 for k in ("append_single_per_s", "append_batch_per_s", "replay_per_s"))
 
 
-def test_bench_needs_a_benchmark_name(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(capsys, "bench")
-    assert code == EXIT_USER_ERROR and "kasmina bench --store" in err
+def test_bench_refuses_a_bad_blend_mode_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "bench", "--blend-mode", "sideways")
+    assert code == EXIT_USAGE and err.startswith("error: ") and err.count("\n") == 1
 
 
 def test_telemetry_tail_prints_packets_from_redis(capsys: pytest.CaptureFixture[str]) -> None:

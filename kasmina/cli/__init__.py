@@ -89,12 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-start", action="store_true", help="begin with the oldest packet kept")
     tail.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="stop after S quiet seconds")
 
-    bench = sub.add_parser("bench", parents=[common], help="benchmarks")
-    bench.add_argument("--store", action="store_true", help="event-store benchmark (tools/bench_store.py)")
+    bench = sub.add_parser("bench", parents=[common], help="benchmarks (default: the blend/isolation/fetch harness)")
+    bench.add_argument("--store", action="store_true",
+                       help="the event-store benchmark instead (tools/bench_store.py; its flags: --events, "
+                            "--long-seed, --backends, --pg-url)")
     bench.add_argument("--events", type=_pos_int, default=None)
     bench.add_argument("--long-seed", type=_pos_int, default=None)
     bench.add_argument("--backends", default="sqlite,postgres")
     bench.add_argument("--pg-url", default=None)
+    # The harness (tools/bench_kasmina.py, kasmina/bench/kasmina.py); ignored with --store.
+    bench.add_argument("--isolation", choices=("on", "off"), default="on",
+                       help="training step with isolation hooks on and off (on), or off only")
+    bench.add_argument("--blend-mode", choices=("convex", "residual", "channel", "confidence", "all"),
+                       default="all", help="blend mode to measure; CONVEX is always measured as the reference")
+    bench.add_argument("--alpha-c", default=None, metavar="VEC",
+                       help="CHANNEL weights, CSV or JSON list, one per channel or one for all (default 0.5)")
+    bench.add_argument("--gate-k", type=float, default=4.0, help="CONFIDENCE gate slope")
+    bench.add_argument("--gate-tau", type=float, default=0.2, help="CONFIDENCE gate threshold")
+    bench.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    bench.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    bench.add_argument("--shape", default="64,256,16,16", help="activation shape N,C,... (default: %(default)s)")
+    bench.add_argument("--repeats", type=_pos_int, default=50, help="timed repeats per figure")
     return parser
 
 
@@ -165,8 +180,24 @@ def _tail(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None]
 
 
 def _bench(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None], int]:
-    if not args.store:
-        raise KasminaError("choose a benchmark: kasmina bench --store")
+    if not args.store:  # the harness of tools/bench_kasmina.py (kasmina/bench/kasmina.py)
+        from kasmina.bench import kasmina as harness
+
+        settings: dict[str, Any] = {"isolation": args.isolation, "blend_mode": args.blend_mode,
+                                    "alpha_c": args.alpha_c, "gate_k": args.gate_k, "gate_tau": args.gate_tau,
+                                    "device": args.device, "dtype": args.dtype, "shape": args.shape,
+                                    "repeats": args.repeats}
+        try:
+            harness.check(**settings)
+        except ValueError as e:  # a bad --shape, --alpha-c, --gate-k...: a usage error, as argparse's own
+            _Parser(prog="kasmina bench").error(str(e))
+        measured = harness.run(**settings)
+
+        def show_harness(out: Any, data: dict[str, Any]) -> None:
+            out.print(harness.render(data), markup=False, highlight=False, soft_wrap=True)
+            out.print(harness.summary_line(data), markup=False, highlight=False, soft_wrap=True)
+
+        return measured, show_harness, 0
     from kasmina.bench import store as bench_store
 
     options: dict[str, Any] = {"backends": tuple(b.strip() for b in args.backends.split(",") if b.strip())}
