@@ -140,6 +140,7 @@ class Executor:
         self._runtime: dict[str, SiteRuntime] = {}
         self._metrics: dict[str, float | Tensor] = {}
         self._facts: list[tuple[str, ev.Event]] = []
+        self._fused_warm: set[tuple[torch.device, torch.dtype]] = set()
         self.last_error: StoreError | None = None
         self._step = self._restored_step()
         self._rebuild_nonces()
@@ -524,6 +525,12 @@ class Executor:
                 self._detach(name)
             return False
         site.seed = fetched.module
+        if device.type == "cuda" and (device, dtype) not in self._fused_warm:
+            # Triton compiles the fused blend kernels now, not in the first training step.
+            from kasmina.kernels import fused
+
+            fused.prewarm(device, (dtype,))
+            self._fused_warm.add((device, dtype))
         runtime = SiteRuntime(generation=state.generation, fetch_ms=fetched.latency_ms)
         runtime.violations = shared_parameters(fetched.module, self._host_params)
         runtime.prewarm_ms = self._prewarm_seed(name, site, fetched.blueprint_id_used)

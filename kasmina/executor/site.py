@@ -20,6 +20,11 @@ from torch import Tensor, nn
 from kasmina.kernels.blend import BlenderConfig, BlendStats, blend
 
 
+#: Blend statistics are sampled on one forward in this many: the summary stays representative,
+#: and the other forwards can take the fused single-pass kernel (which keeps no statistics).
+STATS_EVERY = 8
+
+
 class SiteMode(str, Enum):
     DORMANT = "dormant"          # no seed: the host module alone
     PAUSED = "paused"            # a seed is attached but does not run
@@ -58,6 +63,7 @@ class SeedSite(nn.Module):
         self.mode = SiteMode.DORMANT
         self.config: BlenderConfig | None = None
         self.stats = BlendStats()
+        self._forwards = 0
         # On the host module's device from the start (a CPU alpha would make every blend
         # copy it to the GPU: a sync per step); it follows later .to() calls as a buffer.
         self.register_buffer("alpha", torch.zeros((), device=module_placement(base_layer)[0]), persistent=False)
@@ -91,10 +97,11 @@ class SeedSite(nn.Module):
             return host
         if mode is SiteMode.TRAINING:
             return _StraightThrough.apply(host, seed)
+        self._forwards += 1
+        stats = self.stats if self._forwards % STATS_EVERY == 1 else None
         if mode is SiteMode.BLENDING:
-            return blend(host, seed, self.alpha, self.config, stats=self.stats)
-        return blend(host, seed, 1.0, self.config, stats=self.stats,
-                     detach_host=mode is not SiteMode.FOSSILIZED)
+            return blend(host, seed, self.alpha, self.config, stats=stats)
+        return blend(host, seed, 1.0, self.config, stats=stats, detach_host=mode is not SiteMode.FOSSILIZED)
 
 
 def split_name(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Module]:

@@ -357,6 +357,10 @@ def blend(host: Tensor, seed: Tensor, alpha: float | Tensor, config: BlenderConf
     if isinstance(alpha, Tensor):
         if alpha.dim() != 0:
             raise ValueError(f"alpha must be a float or a 0-d tensor, got shape {tuple(alpha.shape)}")
+        if stats is None and detach_host and seed.is_cuda:  # fused single-pass Triton kernels
+            from kasmina.kernels import fused
+            if fused.available(seed) and fused.accepts(h, seed, alpha):
+                return fused.fused_blend(h, seed, alpha, cfg)
         raw_t = alpha.to(device=device, dtype=dtype)
         a_t = raw_t.clamp(0.0, 1.0)
         if mode is BlendMode.CONVEX:

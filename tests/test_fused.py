@@ -1,0 +1,266 @@
+"""Fused Triton blend kernels (WP-K4): same results as the eager reference, same gradients.
+
+The GPU tests need CUDA and Triton and are skipped without them; the eager path they compare
+against is ``blend(..., stats=BlendStats())`` (stats always take the eager path), which
+``tests/test_blend.py`` checks against the SPEC formulas. The tests at the top run anywhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+
+import pytest
+import torch
+from torch import Tensor
+
+from kasmina.kernels import BlenderConfig, BlendMode, BlendStats, blend
+from kasmina.kernels import fused
+
+MODES = list(BlendMode)
+C = 6
+
+# --------------------------------------------------------------------------- anywhere
+
+
+def test_fused_source_never_references_compile_or_dynamo() -> None:
+    tree = ast.parse(inspect.getsource(fused))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            assert node.attr not in {"compile", "_dynamo"}, ast.unparse(node)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            assert not any("_dynamo" in n or n == "compile" or "sqlalchemy" in n for n in names)
+
+
+def test_fused_module_imports_triton_lazily() -> None:
+    # Only inside functions: a CPU machine imports the module without Triton.
+    tree = ast.parse(inspect.getsource(fused))
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            assert not any(n.startswith("triton") for n in names)
+
+
+def test_cpu_tensors_are_never_fused() -> None:
+    x = torch.randn(2, 3)
+    assert not fused.available(x)
+    assert not fused.available()
+    seed = torch.randn(2, C, requires_grad=True)
+    out = blend(torch.randn(2, C), seed, torch.tensor(0.3))
+    assert "Fused" not in type(out.grad_fn).__name__
+
+
+def test_prewarm_without_cuda_is_a_no_op() -> None:
+    assert fused.prewarm("cpu") == 0
+
+
+# --------------------------------------------------------------------------- GPU
+
+_HAVE_TRITON = importlib.util.find_spec("triton") is not None
+gpu = pytest.mark.skipif(not (torch.cuda.is_available() and _HAVE_TRITON),
+                         reason="fused kernels need a CUDA device and Triton "
+                                f"(cuda={torch.cuda.is_available()}, triton={_HAVE_TRITON})")
+
+DTYPES = [torch.float32, torch.bfloat16]
+# 1-D to 4-D; sizes chosen to not be multiples of the kernel's block (4096) or of 16.
+# Past 4096 elements per row (a block spans at most two rows) and past 4096 channels too.
+SHAPES = [(C,), (5000,), (5, C), (3, 5000), (3, C, 7), (4, C, 5, 3), (2, C, 37, 29),
+          (2, C, 70, 71), (3, C, 61, 97), (3, C, 1500), (2, C, 3000)]
+
+
+def _tol(dtype: torch.dtype) -> dict[str, float]:
+    return dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+
+
+def _config(mode: BlendMode, channels: int, **kw: float) -> BlenderConfig:
+    vec = None
+    if mode is BlendMode.CHANNEL:
+        vec = tuple((0.13 + 0.37 * i) % 1.0 for i in range(channels))
+    return BlenderConfig(mode=mode, alpha_vec=vec, **kw)  # type: ignore[arg-type]
+
+
+def _is_fused(out: Tensor) -> bool:
+    return out.grad_fn is not None and "FusedBlend" in type(out.grad_fn).__name__
+
+
+def _pair(shape: tuple[int, ...], dtype: torch.dtype, cfg: BlenderConfig, alpha: Tensor,
+          scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(fused out, eager out, fused seed grad, eager seed grad, host) for one blend call."""
+    torch.manual_seed(hash((shape, str(dtype))) % 1000)
+    host = (torch.randn(shape, device="cuda") * scale).to(dtype).requires_grad_()
+    seed = (torch.randn(shape, device="cuda") * scale).to(dtype)
+    grad = torch.randn(shape, device="cuda").to(dtype)
+    s1 = seed.clone().requires_grad_()
+    s2 = seed.clone().requires_grad_()
+    out = blend(host, s1, alpha, cfg)
+    ref = blend(host, s2, alpha, cfg, stats=BlendStats())  # stats: always the eager path
+    assert _is_fused(out) and not _is_fused(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    assert host.grad is None  # host detached: no gradient through either path
+    return out, ref, s1.grad, s2.grad, host  # type: ignore[return-value]
+
+
+@gpu
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_fused_matches_eager(mode: BlendMode, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    channels = shape[0] if len(shape) == 1 else shape[1]
+    cfg = _config(mode, channels)
+    for a in (0.0, 0.3, 0.5, 0.71, 1.0, 1.7, -0.4):
+        alpha = torch.tensor(a, device="cuda")
+        out, ref, g_fused, g_eager, _ = _pair(shape, dtype, cfg, alpha)
+        assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
+        torch.testing.assert_close(out, ref, **_tol(dtype))
+        torch.testing.assert_close(g_fused, g_eager, **_tol(dtype))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_confidence_bounds_and_gate_settings(dtype: torch.dtype) -> None:
+    for kw in ({"alpha_lo": 0.2, "alpha_hi": 0.6}, {"gate_k": 12.0, "gate_tau": 0.05},
+               {"gate_k": 0.0}, {"alpha_lo": 0.9, "alpha_hi": 0.9}):
+        cfg = _config(BlendMode.CONFIDENCE, C, **kw)
+        # scaled up so some samples are confident (large margin) and others are not
+        out, ref, g1, g2, _ = _pair((8, C, 9, 11), dtype, cfg, torch.tensor(0.8, device="cuda"), scale=3.0)
+        torch.testing.assert_close(out, ref, **_tol(dtype))
+        torch.testing.assert_close(g1, g2, **_tol(dtype))
+
+
+@gpu
+def test_alpha_dtypes_and_cpu_alpha() -> None:
+    cfg = _config(BlendMode.CONVEX, C)
+    for alpha in (torch.tensor(0.3, device="cuda", dtype=torch.float64),
+                  torch.tensor(0.3, device="cuda", dtype=torch.bfloat16),
+                  torch.tensor(0.3), torch.tensor(1, device="cuda")):
+        for dtype in DTYPES:
+            out, ref, g1, g2, _ = _pair((4, C, 5), dtype, cfg, alpha)
+            torch.testing.assert_close(out, ref, **_tol(dtype))
+            torch.testing.assert_close(g1, g2, **_tol(dtype))
+
+
+@gpu
+def test_nan_alpha_propagates_like_eager() -> None:
+    for mode in MODES:
+        cfg = _config(mode, C)
+        h = torch.randn(3, C, 4, device="cuda")
+        s = torch.randn(3, C, 4, device="cuda")
+        nan = torch.tensor(float("nan"), device="cuda")
+        out = blend(h, s, nan, cfg)
+        ref = blend(h, s, nan, cfg, stats=BlendStats())
+        torch.testing.assert_close(out, ref, equal_nan=True)
+
+
+@gpu
+def test_alpha_changes_without_recompiling() -> None:
+    fused.prewarm("cuda")
+    before = fused._compiled_variants()
+    h = torch.randn(4, C, 17, 13, device="cuda")
+    s = torch.randn(4, C, 17, 13, device="cuda")
+    alpha = torch.zeros((), device="cuda")
+    for mode in MODES:
+        cfg = _config(mode, C)
+        for step in range(5):
+            alpha.fill_(step / 4)  # in place, as the executor updates its alpha buffer
+            seed = s.clone().requires_grad_()
+            out = blend(h, seed, alpha, cfg)
+            assert _is_fused(out)
+            torch.testing.assert_close(out, blend(h, s, alpha, cfg, stats=BlendStats()))
+            out.sum().backward()
+    # new alpha values and a new shape after prewarm: no new compiled variant
+    assert fused._compiled_variants() == before or before is None
+
+
+@gpu
+def test_backward_uses_the_forward_alpha() -> None:
+    # The executor updates alpha in place; a backward after that must use the forward's value.
+    for mode in MODES:
+        cfg = _config(mode, C)
+        h = torch.randn(3, C, 5, device="cuda")
+        s = torch.randn(3, C, 5, device="cuda")
+        alpha = torch.tensor(0.25, device="cuda")
+        s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
+        out = blend(h, s1, alpha, cfg)
+        ref = blend(h, s2, alpha, cfg, stats=BlendStats())
+        alpha.fill_(0.9)
+        out.sum().backward()
+        ref.sum().backward()
+        torch.testing.assert_close(s1.grad, s2.grad)
+
+
+@gpu
+def test_fused_blend_never_syncs_with_the_host() -> None:
+    fused.prewarm("cuda")
+    h = torch.randn(4, C, 8, 8, device="cuda")
+    alpha = torch.tensor(0.4, device="cuda")
+    cfgs = [_config(m, C) for m in MODES]
+    for cfg in cfgs:  # warm-up: channel vectors are built once
+        blend(h, torch.randn_like(h, requires_grad=True), alpha, cfg).sum().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for cfg in cfgs:
+            seed = torch.randn_like(h, requires_grad=True)
+            out = blend(h, seed, alpha, cfg)
+            out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@gpu
+def test_inference_mode_and_no_grad() -> None:
+    h = torch.randn(2, C, 3, device="cuda")
+    s = torch.randn(2, C, 3, device="cuda", requires_grad=True)
+    alpha = torch.tensor(0.6, device="cuda")
+    for mode in MODES:
+        cfg = _config(mode, C)
+        ref = blend(h, s, alpha, cfg, stats=BlendStats()).detach()
+        with torch.inference_mode():
+            torch.testing.assert_close(blend(h, s, alpha, cfg), ref)
+        with torch.no_grad():
+            out = blend(h, s, alpha, cfg)
+            assert not out.requires_grad
+            torch.testing.assert_close(out, ref)
+
+
+@gpu
+def test_fallbacks_stay_eager() -> None:
+    h = torch.randn(3, C, 4, device="cuda")
+    s = torch.randn(3, C, 4, device="cuda", requires_grad=True)
+    cfg = _config(BlendMode.CONVEX, C)
+    alpha = torch.tensor(0.5, device="cuda")
+    # non-contiguous seed, alpha that wants a gradient, fossilised (host not detached), float64
+    assert not _is_fused(blend(h.transpose(1, 2), s.transpose(1, 2), alpha, cfg))
+    a_grad = torch.tensor(0.5, device="cuda", requires_grad=True)
+    out = blend(h, s, a_grad, cfg)
+    assert not _is_fused(out)
+    out.sum().backward()
+    assert a_grad.grad is not None
+    assert not _is_fused(blend(h, s, alpha, cfg, detach_host=False))
+    assert not _is_fused(blend(h.double(), s.double(), alpha, cfg))
+    # errors are the eager path's
+    with pytest.raises(ValueError, match="alpha_vec has"):
+        blend(h, s, alpha, BlenderConfig(mode="CHANNEL", alpha_vec=(0.5,) * (C + 1)))
+    with pytest.raises(ValueError, match="differ in shape"):
+        fused.fused_blend(h, s[:2], alpha, cfg)
+
+
+@gpu
+def test_prewarm_compiles_every_variant_and_never_calls_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("torch.compile must not be used by Kasmina")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    assert fused.prewarm("cuda", (torch.float32, torch.bfloat16)) >= 2 * len(MODES)
+    before = fused._compiled_variants()
+    for dtype in DTYPES:
+        for mode in MODES:
+            h = torch.randn(3, 5, 7, 9, device="cuda", dtype=dtype)
+            s = torch.randn(3, 5, 7, 9, device="cuda", dtype=dtype, requires_grad=True)
+            alpha = torch.tensor(0.37, device="cuda")
+            blend(h, s, alpha, _config(mode, 5)).sum().backward()
+    if before is not None:
+        assert fused._compiled_variants() == before
