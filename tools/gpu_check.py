@@ -6,6 +6,9 @@
    ``Executor.step()``) run under ``torch.cuda.set_sync_debug_mode("error")``, which raises
    on any sync.
 2. The executor benchmark on CUDA (step overhead vs a hand-wired seed, probe memory).
+3. The blend harness (``kasmina bench``) in fp32 and bf16: every mode against the copy
+   bandwidth and its minimal-traffic bound, fused kernels chosen automatically; the
+   numerical comparison of fused and eager is ``pytest tests/test_fused.py`` (run it too).
 
 Prints one table; exits non-zero if a check fails.
 """
@@ -76,6 +79,12 @@ def main() -> int:
     bench = executor.run(device="cuda", repeats=100)
     print(f"{'executor bench':<28}  {executor.summary_line(bench)}")
     print(json.dumps(bench))
+    from kasmina.bench import kasmina as harness
+
+    for dtype in ("float32", "bfloat16"):
+        result = harness.run(device="cuda", dtype=dtype, shape=(64, 256, 56, 56), repeats=30)
+        print(harness.render(result))
+        print(harness.summary_line(result), flush=True)
     return 1 if failed else 0
 
 
