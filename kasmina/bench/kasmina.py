@@ -36,13 +36,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from kasmina.bench.flags import DEFAULT_SHAPE
 from torch import Tensor, nn
 
 __all__ = ["MODES", "DTYPES", "check", "parse_alpha_c", "parse_shape", "render", "run", "summary_line"]
 
 MODES = ("CONVEX", "RESIDUAL", "CHANNEL", "CONFIDENCE")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_SHAPE = (64, 256, 16, 16)
 ALPHA = 0.5                # the blend weight every mode is timed with
 ISOLATION_BATCH = 32       # batch of the executor benchmark model (3x32x32 inputs)
 ISOLATION_SITE = "features.2"
@@ -497,3 +498,4 @@ def summary_line(result: Mapping[str, Any]) -> str:
             f"lerp {n(bound['lerp_fwd_us'])}us copy {n(bound['copy_gbps'])}GB/s; {iso_text}; "
             f"fetch {n(fetch['mean_ms'], 3)}ms p95 {n(fetch['p95_ms'], 3)}ms hit {n(fetch['hit_rate'], 3)}; "
             f"budgets {passed}/{len(budgets)} ok: {verdicts}")
+

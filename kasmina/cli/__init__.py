@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
+from kasmina.bench import flags as bench_flags
 from kasmina.errors import KasminaError
 from kasmina.events.urls import ENV_VAR, default_url
 
@@ -98,18 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", default="sqlite,postgres")
     bench.add_argument("--pg-url", default=None)
     # The harness (tools/bench_kasmina.py, kasmina/bench/kasmina.py); ignored with --store.
-    bench.add_argument("--isolation", choices=("on", "off"), default="on",
-                       help="training step with isolation hooks on and off (on), or off only")
-    bench.add_argument("--blend-mode", choices=("convex", "residual", "channel", "confidence", "all"),
-                       default="all", help="blend mode to measure; CONVEX is always measured as the reference")
-    bench.add_argument("--alpha-c", default=None, metavar="VEC",
-                       help="CHANNEL weights, CSV or JSON list, one per channel or one for all (default 0.5)")
-    bench.add_argument("--gate-k", type=float, default=4.0, help="CONFIDENCE gate slope")
-    bench.add_argument("--gate-tau", type=float, default=0.2, help="CONFIDENCE gate threshold")
-    bench.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    bench.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    bench.add_argument("--shape", default="64,256,16,16", help="activation shape N,C,... (default: %(default)s)")
-    bench.add_argument("--repeats", type=_pos_int, default=50, help="timed repeats per figure")
+    bench_flags.add_arguments(bench)
     return parser
 
 
@@ -183,10 +173,7 @@ def _bench(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None
     if not args.store:  # the harness of tools/bench_kasmina.py (kasmina/bench/kasmina.py)
         from kasmina.bench import kasmina as harness
 
-        settings: dict[str, Any] = {"isolation": args.isolation, "blend_mode": args.blend_mode,
-                                    "alpha_c": args.alpha_c, "gate_k": args.gate_k, "gate_tau": args.gate_tau,
-                                    "device": args.device, "dtype": args.dtype, "shape": args.shape,
-                                    "repeats": args.repeats}
+        settings = bench_flags.options(args)
         try:
             harness.check(**settings)
         except ValueError as e:  # a bad --shape, --alpha-c, --gate-k...: a usage error, as argparse's own
