@@ -444,3 +444,15 @@ def test_culling_one_of_two_seeds_removes_only_its_optimizer_group(setup) -> Non
     assert ex.handle(signed(commands.cull("classifier.1", "test"))).accepted
     assert [g.get("kasmina_seed") for g in opt.param_groups] == [None, "features.2"]
     train(model, opt, ex, 1)  # the optimizer still steps the surviving seed
+
+
+def test_blueprint_parameters_from_the_command_shape_the_seed(setup) -> None:  # type: ignore[no-untyped-def]
+    model, opt, ex, _ = setup
+    assert ex.handle(signed(commands.germinate("classifier.1", "bottleneck_mlp",
+                                               parameters={**FAST, "rank": 4}))).accepted
+    narrow = ex.seed("classifier.1").trainable_parameters
+    assert ex.handle(signed(commands.cull("classifier.1"))).accepted
+    out_of_bounds = ex.handle(signed(commands.germinate("features.2", "conv_adapter", parameters={"width": 10**6})))
+    assert not out_of_bounds.accepted and out_of_bounds.reason == "gate_failed" and "width" in out_of_bounds.detail
+    # rank 4 on Linear(64 -> 10): 64*4 + 4 + 4*10 + 10 parameters
+    assert narrow == 64 * 4 + 4 + 4 * 10 + 10

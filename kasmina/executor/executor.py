@@ -518,7 +518,7 @@ class Executor:
         generator = seed_generator(self.run_seed, name, state.generation)
         try:
             fetched = self.catalogue.fetch(state.blueprint_id or "", site.base_layer, device=device, dtype=dtype,
-                                           generator=generator)
+                                           generator=generator, parameters=state.parameters)
         except FetchError as e:
             outcome = self.ledger.submit(c.Cull(name, self._step, f"kernel fetch failed: {e}"))
             if outcome.accepted:
