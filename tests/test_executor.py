@@ -218,21 +218,22 @@ def test_probes_build_no_graph_and_prewarm_records(setup) -> None:  # type: igno
     assert not out.requires_grad and out.grad_fn is None and out.is_inference()
 
 
-def test_torch_compile_is_never_called(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_every_blend_mode_trains_with_torch_compile_refused(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("torch.compile called")
 
     monkeypatch.setattr(torch, "compile", boom)
     model, opt, ex, _ = setup
-    for mode, extra in [("CONVEX", {}), ("RESIDUAL", {}), ("CONFIDENCE", {"gate_k": "2"})]:
-        site = "classifier.1"
+    site = "classifier.1"
+    for mode, extra in [("CONVEX", {}), ("RESIDUAL", {}), ("CHANNEL", {"alpha_vec": "[" + ",".join(["0.5"] * 10) + "]"}),
+                        ("CONFIDENCE", {"gate_k": "2"})]:
         assert ex.handle(signed(commands.germinate(site, "zero_linear", parameters=FAST,
                                                    annotations={"blend_mode": mode, **extra}))).accepted
-        train(model, opt, ex, 12)
-        assert ex.handle(signed(commands.cull(site))).accepted if ex.seed(site).stage != "FOSSILIZED" else True
-        if ex.seed(site).stage == "FOSSILIZED":
-            break
-        train(model, opt, ex, 8)
+        train(model, opt, ex, 6)  # GERMINATED -> TRAINING -> BLENDING, blending for two steps
+        assert ex.seed(site).stage == "BLENDING" and ex.seed(site).blend_mode == mode
+        assert ex.handle(signed(commands.cull(site, "next mode"))).accepted
+        train(model, opt, ex, 7)  # embargo, reset, dormant again
+        assert ex.seed(site).stage == "DORMANT"
 
 
 def _nan_parameter() -> leyline.AdaptationCommand:

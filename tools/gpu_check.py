@@ -22,7 +22,6 @@ import traceback
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 MODES = {
     "CONVEX": {},
@@ -33,18 +32,14 @@ MODES = {
 
 
 def sync_free_steps(mode: str, extra: dict[str, str], steps: int = 20) -> str:
-    from kasmina.bench.executor import blending_executor
+    from kasmina.bench.executor import blending_executor, train_step
 
     with tempfile.TemporaryDirectory() as tmp:
         ex, model, opt, x, y = blending_executor(Path(tmp), torch.device("cuda"), 64,
                                                  annotations={"blend_mode": mode, **extra})
 
         def step() -> None:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ex.step()
+            train_step(ex, model, opt, x, y)
 
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")

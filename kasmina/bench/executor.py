@@ -71,6 +71,16 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def train_step(ex: Any, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               metrics: dict[str, float] | None = None) -> None:
+    """One step of the benchmark loop: forward, backward, optimizer step, ``Executor.step``."""
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    ex.step(metrics=metrics)
+
+
 def blending_executor(workdir: Path, device: torch.device, batch: int, annotations: dict[str, str] | None = None,
                       ) -> tuple[Any, nn.Module, Any, Tensor, Tensor]:
     """A BenchNet wrapped by an executor whose seed at ``features.2`` is in a long BLENDING."""
@@ -91,11 +101,7 @@ def blending_executor(workdir: Path, device: torch.device, batch: int, annotatio
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     for _ in range(3):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ex.step(metrics={"val_loss": 1.0})
+        train_step(ex, model, opt, x, y, metrics={"val_loss": 1.0})
     if ex.seed("features.2").stage != "BLENDING":
         raise RuntimeError(f"seed did not reach BLENDING: {ex.seed('features.2')}")
     return ex, model, opt, x, y
@@ -130,11 +136,7 @@ def _step_overhead(dev: torch.device, batch: int, repeats: int, warmup: int) -> 
         plain_opt = torch.optim.SGD(plain.parameters(), lr=0.01)
 
         def wrapped_step() -> None:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ex.step()
+            train_step(ex, model, opt, x, y)
 
         def wired_step() -> None:
             loss = F.cross_entropy(plain(x), y)

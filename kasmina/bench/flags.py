@@ -9,18 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from kasmina.cli.argtypes import pos_int
+
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEFAULT_SHAPE = (64, 256, 16, 16)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     parser.add_argument("--shape", default=",".join(map(str, DEFAULT_SHAPE)),
                         help="activation shape N,C,... (default %(default)s)")
-    parser.add_argument("--repeats", type=_positive, default=50, help="timed repeats per figure (default %(default)s)")
+    parser.add_argument("--repeats", type=pos_int, default=50, help="timed repeats per figure (default %(default)s)")
 
 
 def options(args: Any) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from kasmina.bench.flags import DEFAULT_SHAPE
 from torch import Tensor, nn
@@ -317,12 +316,10 @@ def _hooks(ex: Any, on: bool) -> None:
 
 def _isolation_steps(ex: Any, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
                      dev: torch.device, repeats: int, with_on: bool) -> dict[str, Any]:
+    from kasmina.bench.executor import train_step
+
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ex.step()
+        train_step(ex, model, opt, x, y)
 
     def timed(on: bool) -> float:
         _hooks(ex, on)

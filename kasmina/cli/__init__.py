@@ -13,6 +13,7 @@ import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from kasmina.bench import flags as bench_flags
+from kasmina.cli.argtypes import nonneg_int, pos_int
 from kasmina.errors import KasminaError
 from kasmina.events.urls import ENV_VAR, default_url
 
@@ -24,23 +25,6 @@ EXIT_VERIFY_FAILED = 3
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _pos_int(text: str) -> int:
-    value = _nonneg_int(text)
-    if value < 1 or value > 10_000_000:
-        raise argparse.ArgumentTypeError(f"expected a number in [1, 10000000], got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,16 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("current", parents=[common], help="show the schema revision")
 
     sim = sub.add_parser("simulate", parents=[common], help="run synthetic seed lifecycles into the log")
-    sim.add_argument("--seeds", type=_pos_int, default=8)
-    sim.add_argument("--steps", type=_pos_int, default=400)
-    sim.add_argument("--rng", type=_nonneg_int, default=0, help="run seed (same seed, same history)")
+    sim.add_argument("--seeds", type=pos_int, default=8)
+    sim.add_argument("--steps", type=pos_int, default=400)
+    sim.add_argument("--rng", type=nonneg_int, default=0, help="run seed (same seed, same history)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 
     hist = sub.add_parser("history", parents=[common], help="one seed's transitions, gates and reasons")
     hist.add_argument("seed", help="seed id (its site name)")
 
     rep = sub.add_parser("replay", parents=[common], help="rebuild every seed from the log, with a digest")
-    rep.add_argument("--to-position", type=_nonneg_int, default=None, metavar="N")
+    rep.add_argument("--to-position", type=nonneg_int, default=None, metavar="N")
 
     aud = sub.add_parser("audit", parents=[common], help="summary from the SQL views, or a read-only query")
     aud.add_argument("--query", metavar="SQL", default=None)
@@ -86,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--stream", choices=("normal", "emergency", "both"), default="both")
     tail.add_argument("--normal-stream", default="kasmina.telemetry")
     tail.add_argument("--emergency-stream", default="kasmina.emergency")
-    tail.add_argument("--count", type=_pos_int, default=None, help="stop after N packets")
+    tail.add_argument("--count", type=pos_int, default=None, help="stop after N packets")
     tail.add_argument("--from-start", action="store_true", help="begin with the oldest packet kept")
     tail.add_argument("--idle-timeout", type=float, default=None, metavar="S", help="stop after S quiet seconds")
 
@@ -94,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--store", action="store_true",
                        help="the event-store benchmark instead (tools/bench_store.py; its flags: --events, "
                             "--long-seed, --backends, --pg-url)")
-    bench.add_argument("--events", type=_pos_int, default=None)
-    bench.add_argument("--long-seed", type=_pos_int, default=None)
+    bench.add_argument("--events", type=pos_int, default=None)
+    bench.add_argument("--long-seed", type=pos_int, default=None)
     bench.add_argument("--backends", default="sqlite,postgres")
     bench.add_argument("--pg-url", default=None)
     # The harness (tools/bench_kasmina.py, kasmina/bench/kasmina.py); ignored with --store.

@@ -1,0 +1,25 @@
+"""Argument types for the command line: whole numbers with a clear one-line refusal."""
+
+from __future__ import annotations
+
+import argparse
+
+#: Upper bound on counts a user may ask for (steps, seeds, repeats).
+MAX_COUNT = 10_000_000
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def pos_int(text: str) -> int:
+    value = nonneg_int(text)
+    if value < 1 or value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a number in [1, {MAX_COUNT}], got {value}")
+    return value
