@@ -51,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rng", type=nonneg_int, default=0, help="run seed (same seed, same history)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    demo = sub.add_parser("demo", parents=[common],
+                          help="the main job: grow a network on the digits data set with seeds (see docs/demo.md)")
+    demo.add_argument("--steps", type=pos_int, default=None,
+                      help="training steps with seeds, after the host trained alone (default 1200)")
+    demo.add_argument("--rng", type=nonneg_int, default=None, help="run seed (same seed, same run; default 0)")
+    demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    demo.add_argument("--host-steps", type=nonneg_int, default=None,
+                      help="steps the host trains alone before grafting (default 1000)")
+    demo.add_argument("--plot", metavar="FILE.png", default=None,
+                      help="write alpha per seed, validation accuracy and a lifecycle timeline to a PNG")
+    demo.add_argument("--resume", action="store_true",
+                      help="continue the run in this log from its newest checkpoint (or start one if none)")
+    demo.add_argument("--checkpoints", metavar="DIR", default=None,
+                      help="where checkpoints go (default: next to the SQLite file, else ./kasmina-checkpoints)")
+    demo.add_argument("--checkpoint-every", type=pos_int, default=None, metavar="N",
+                      help="checkpoint every N steps (default: steps/40)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar and no stage-change lines")
     hist = sub.add_parser("history", parents=[common], help="one seed's transitions, gates and reasons")
     hist.add_argument("seed", help="seed id (its site name)")
 
@@ -114,6 +131,8 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
         else:
             data = commands.simulate(url, seeds=args.seeds, steps=args.steps, rng=args.rng)
         return data, render.simulate, 0
+    if args.command == "demo":
+        return _demo(args, url)
     if args.command == "history":
         return commands.history(url, args.seed), render.history, 0
     if args.command == "replay":
@@ -128,6 +147,43 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
     if args.command == "telemetry":
         return _tail(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse guarantees a known command
+
+
+def _demo(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callable[..., None], int]:
+    """The main job; progress and stage changes go to stderr, the summary to stdout."""
+    from kasmina.demo import DemoOptions, run
+    from kasmina.demo.run import render as render_demo
+
+    chosen = {"steps": args.steps, "rng": args.rng, "host_steps": args.host_steps}
+    given = frozenset(k for k, v in chosen.items() if v is not None)
+    options = DemoOptions(db=url, device=args.device, plot=args.plot, resume=args.resume,
+                          checkpoints=args.checkpoints, checkpoint_every=args.checkpoint_every,
+                          **{k: v for k, v in chosen.items() if v is not None})
+    if args.plot is not None and not args.plot.lower().endswith(".png"):
+        _Parser(prog="kasmina demo").error(f"--plot {args.plot}: give a file name ending in .png")
+    if args.quiet:
+        report = run(options, given=given)
+    else:
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        if err.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"),
+                           console=err, transient=True)
+            task = bar.add_task("starting", total=None)
+            with bar:
+                report = run(options, given=given, say=lambda line: bar.console.print(line, highlight=False),
+                             progress=lambda done, total, text: bar.update(task, completed=done, total=total,
+                                                                             description=text))
+        else:
+            report = run(options, given=given, say=lambda line: print(line, file=sys.stderr, flush=True))
+
+    def show(out: Any, data: dict[str, Any]) -> None:
+        out.print(render_demo(report), markup=False, highlight=False, soft_wrap=True)
+
+    return report.to_dict(), show, 0
 
 
 def _tail(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None], int]:

@@ -15,11 +15,13 @@ only when a gate falls due or a stage changes.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -31,6 +33,8 @@ from kasmina.annotations import parse_blend_annotations
 from kasmina.catalogue import Catalogue, FetchError, seed_generator
 from kasmina.errors import KasminaError, StoreError
 from kasmina.events import EventStore, open_store, parse
+from kasmina.executor import checkpoint as checkpoints
+from kasmina.executor.checkpoint import Checkpoint, Restored
 from kasmina.executor.isolation import IsolationMonitor, shared_parameters
 from kasmina.executor.measure import MetricPolicy, SiteRuntime, measure
 from kasmina.executor.site import SeedSite, SiteMode, inject, module_placement
@@ -74,6 +78,8 @@ UNSUPPORTED = "unsupported_command"
 UNKNOWN_SITE = "unknown_site"
 MALFORMED = "malformed_command"
 STORE_UNAVAILABLE = "store_unavailable"
+#: Largest payload ``Executor.note`` records (an audit note, not a data dump).
+MAX_NOTE_BYTES = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +157,13 @@ class Executor:
     def _restored_step(self) -> int:
         """The training step to continue from: the last one any event recorded.
 
-        A clean ``close()`` records it; after a crash the newest step written by any seed
-        (a transition, a kernel attached, a baseline, a pause) is the best the log knows.
+        A clean ``close()`` and every checkpoint record it; after a crash the newest step
+        written by any seed (a transition, a kernel attached, a baseline, a pause) or on
+        the executor stream is the best the log knows.
         """
         steps = [0]
         for event in self.store.read(stream_id=ev.EXECUTOR_STREAM):
-            if event.type == ev.EXECUTOR_CLOSED:
+            if isinstance(event.data.get("step"), int):
                 steps.append(int(event.data["step"]))
         for state in self.ledger.seeds.values():
             steps.append(state.stage_entered_step)
@@ -188,6 +195,50 @@ class Executor:
             self.telemetry.close()
             if self._owns_store:
                 self.store.close()
+
+    # -- checkpoints and the run's own facts -----------------------------------------------
+    def checkpoint(self, directory: str | Path, *, extra: Mapping[str, Any] | None = None,
+                   keep: int = 2) -> Checkpoint:
+        """Write the model, seeds and optimizer atomically and record the file in the log.
+
+        ``extra`` carries the training loop's own state (anything ``torch.load(...,
+        weights_only=True)`` accepts). The newest ``keep`` recorded files are kept.
+        """
+        return checkpoints.save(self, directory, extra=extra, keep=keep)
+
+    def restore(self) -> Restored | None:
+        """Load the newest checkpoint the log vouches for (checksum verified), if any.
+
+        Call it right after construction: the log has been replayed and every seed rebuilt,
+        so weights go into seeds of the same generation and optimizer state is matched by
+        seed id. A newer checkpoint whose file is missing or altered is passed over; the
+        reasons are in ``Restored.skipped``. ``None`` when the log names no usable file.
+        """
+        found, problems = checkpoints.latest(self.store)
+        if found is None:
+            if problems:
+                raise KasminaError(f"no usable checkpoint: {problems[0]}")
+            return None
+        restored = checkpoints.restore(self, found)
+        restored.skipped = problems + restored.skipped
+        return restored
+
+    def note(self, kind: str, data: Mapping[str, Any] | None = None) -> int:
+        """Record a fact of the training loop (an evaluation, a phase) on the executor stream.
+
+        It is an audit record only: replay ignores it. Returns its position.
+        """
+        if not isinstance(kind, str) or not kind.strip() or len(kind) > 100:
+            raise KasminaError("a note needs a kind: a non-empty string of at most 100 characters")
+        body = {"kind": kind, **dict(data or {}), "step": self._step}
+        try:
+            size = len(json.dumps(body, allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise KasminaError(f"note {kind!r}: data must be JSON (finite numbers, strings, lists, dicts): {e}") from None
+        if size > MAX_NOTE_BYTES:
+            raise KasminaError(f"note {kind!r} is {size} bytes; the limit is {MAX_NOTE_BYTES}")
+        outcome = self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.RUN_NOTE, body)])
+        return outcome.events[0].position
 
     def __enter__(self) -> Executor:
         return self

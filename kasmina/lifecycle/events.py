@@ -32,6 +32,10 @@ BASELINE_RECORDED = "baseline_recorded"
 ISOLATION_VIOLATION = "isolation_violation"
 EMERGENCY = "emergency"
 BREAKER_FORCED = "breaker_forced"
+#: A model checkpoint was written (path, SHA-256, step): what a resume may trust.
+CHECKPOINT_SAVED = "checkpoint_saved"
+#: A fact the training loop itself records on the executor stream (``Executor.note``).
+RUN_NOTE = "run_note"
 
 #: Stream that holds executor-wide events (refusals, breaker commands): never a site name.
 EXECUTOR_STREAM = "$executor"

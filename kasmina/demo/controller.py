@@ -1,0 +1,102 @@
+"""The demo's scripted controller: the role Esper's Tamiyo plays, as a fixed plan.
+
+It decides only from the executor's replayed state (stage and generation of each seed),
+never from memory of what it sent: after a crash and ``--resume`` it picks up exactly
+where the log says the run is, without sending anything twice. Every command is signed.
+
+The plan grafts one seed at a time, so gate G4 (which compares the host's validation
+metric with the seed's baseline) judges one seed, not a crowd:
+
+1. ``body.0``: ``widened_linear``, CHANNEL blend with a per-channel alpha vector.
+2. ``body.2``: ``unstable_linear``, which goes non-finite: gate G2 culls it; it is then
+   embargoed, reset and returns to DORMANT.
+3. ``head``: ``widened_linear``, CONFIDENCE blend (per-sample gate on the seed's margin).
+4. ``body.2`` again (generation 2): ``bottleneck_mlp``, RESIDUAL blend.
+
+Once, while the first seed blends, it asks for FOSSILIZE too early; the lifecycle refuses
+it (``illegal_transition``), which gives the audit views a refusal to explain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+from kasmina import commands
+from kasmina.leyline import AdaptationCommand
+from kasmina.lifecycle.stages import Stage
+from kasmina.security import sign
+
+if TYPE_CHECKING:
+    from kasmina.executor import Executor, Result
+
+#: Stages in which a planned seed has had its chance (success or cull) and the plan moves on.
+_SETTLED = frozenset({Stage.FOSSILIZED, Stage.TERMINATED, Stage.CULLED, Stage.EMBARGOED, Stage.RESETTING,
+                      Stage.DORMANT})
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    site: str
+    generation: int  # the generation this germination creates (1 = the site's first seed)
+    blueprint: str
+    parameters: Mapping[str, float] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def blend_mode(self) -> str:
+        return self.annotations.get("blend_mode", "CONVEX")
+
+
+def default_plan(hidden: int) -> tuple[Planned, ...]:
+    channel = ",".join("1.0" if c % 2 == 0 else "0.75" for c in range(hidden))
+    return (
+        Planned("body.0", 1, "widened_linear", {"rank": 32},
+                {"blend_mode": "CHANNEL", "alpha_vec": channel, "blend_mode_source": "demo"}),
+        Planned("body.2", 1, "unstable_linear", {"healthy_calls": 5},
+                {"blend_mode": "CONVEX", "blend_mode_source": "demo"}),
+        Planned("head", 1, "widened_linear", {"rank": 32},
+                {"blend_mode": "CONFIDENCE", "gate_k": "6", "gate_tau": "0.3", "blend_mode_source": "demo"}),
+        Planned("body.2", 2, "bottleneck_mlp", {"rank": 16},
+                {"blend_mode": "RESIDUAL", "blend_mode_source": "demo"}),
+    )
+
+
+def dwell_parameters(dwell: int) -> dict[str, int]:
+    """Stage lengths for one seed, scaled to the run: about 3 x ``dwell`` steps to fossilize."""
+    half = max(1, dwell // 2)
+    return {"training_steps": dwell, "blend_steps": dwell, "shadow_steps": half, "probation_steps": half,
+            "embargo_steps": max(1, dwell // 3)}
+
+
+class ScriptedController:
+    def __init__(self, plan: tuple[Planned, ...], secret: bytes, *, dwell: int, rng: int) -> None:
+        self.plan = plan
+        self.secret = secret
+        self.dwell = dwell
+        self.premature_id = f"demo-{rng}-premature-fossilize"
+
+    def _signed(self, command: AdaptationCommand) -> AdaptationCommand:
+        return sign(command, self.secret)
+
+    def _settled(self, ex: Executor, item: Planned) -> bool:
+        state = ex.state(item.site)
+        return state.generation >= item.generation and state.stage in _SETTLED
+
+    def act(self, ex: Executor) -> list[tuple[str, Result]]:
+        """The commands this step calls for (usually none), carried out; returns what happened."""
+        done: list[tuple[str, Result]] = []
+        for item in self.plan:
+            if self._settled(ex, item):
+                continue
+            state = ex.state(item.site)
+            if state.generation == item.generation - 1 and state.stage in (Stage.UNKNOWN, Stage.DORMANT):
+                cmd = commands.germinate(item.site, item.blueprint, annotations=item.annotations,
+                                         parameters={**dwell_parameters(self.dwell), **item.parameters})
+                done.append((f"germinate {item.site} ({item.blueprint}, {item.blend_mode})",
+                             ex.handle(self._signed(cmd))))
+            elif state.stage is Stage.BLENDING and item is self.plan[0] and not ex.store.find_command(self.premature_id):
+                cmd = commands.fossilize(item.site, command_id=self.premature_id)
+                done.append((f"fossilize {item.site} while blending", ex.handle(self._signed(cmd))))
+            break  # one seed in flight at a time
+        return done

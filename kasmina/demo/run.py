@@ -1,0 +1,339 @@
+"""``kasmina demo``: grow a real network on a real data set, through the real executor.
+
+1. A narrow host (:class:`~kasmina.demo.model.DigitsNet`) is trained alone for
+   ``host_steps`` steps on the digits training split.
+2. It is wrapped by :class:`kasmina.Executor` with three seed sites; a copy of it, the
+   *host-only control*, keeps training beside it on exactly the same batches with no seeds,
+   so "did the seeds help?" is answered against the same amount of training.
+3. The scripted controller (:mod:`kasmina.demo.controller`) germinates seeds with signed
+   commands; the loop reports the validation accuracy to ``Executor.step`` (gate G4 reads
+   it) and the executor moves each seed through its lifecycle.
+4. Every ``checkpoint_every`` steps the model, both optimizers and the loop's own state are
+   checkpointed (atomically, referenced by a ``checkpoint_saved`` event with its SHA-256).
+   ``resume=True`` continues a killed run from its log and newest valid checkpoint.
+
+The log is the source of truth for the summary and the plot: seeds, stages, culls and the
+alpha curves are all read back from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kasmina.errors import KasminaError
+from kasmina.events import EventStore, migrate, open_store, parse
+from kasmina.events.urls import redact
+from kasmina.lifecycle import events as ev
+
+DEMO_STARTED = "demo_started"
+DEMO_FINISHED = "demo_finished"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    db: str = "sqlite:///kasmina.db"
+    steps: int = 1200
+    rng: int = 0
+    device: str = "cpu"
+    host_steps: int = 1000
+    hidden: int = 8
+    batch: int = 64
+    lr: float = 5e-3
+    weight_decay: float = 0.01
+    checkpoint_every: int | None = None  # default: about 40 checkpoints a run
+    checkpoints: str | None = None  # default: next to the SQLite file, else ./kasmina-checkpoints
+    plot: str | None = None
+    resume: bool = False
+
+    @property
+    def dwell(self) -> int:
+        """Steps per lifecycle stage, scaled so the whole plan fits in ``steps``."""
+        return max(2, self.steps // 12)
+
+    @property
+    def every(self) -> int:
+        return self.checkpoint_every or max(1, self.steps // 40)
+
+    def recorded(self) -> dict[str, Any]:
+        """What defines a run (a resume must match it)."""
+        return {"steps": self.steps, "rng": self.rng, "host_steps": self.host_steps, "hidden": self.hidden,
+                "batch": self.batch, "lr": self.lr, "weight_decay": self.weight_decay}
+
+
+@dataclass(slots=True)
+class DemoReport:
+    accuracy_host_only: float
+    accuracy_final: float
+    accuracy_at_graft: float
+    seeds: list[dict[str, Any]]
+    events: int
+    db: str
+    steps: int
+    resumed_from_step: int | None = None
+    checkpoint: str | None = None
+    plot: str | None = None
+    seconds: float = 0.0
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- the log ----------------------------------------------------------------------------------
+
+def _open(url: str) -> EventStore:
+    parsed = parse(url)
+    if parsed.backend == "sqlite" and not os.path.exists(parsed.sqlite_path):
+        migrate.upgrade(url)
+    return open_store(url)
+
+
+def _notes(store: EventStore, kind: str) -> list[dict[str, Any]]:
+    return [dict(e.data) for e in store.read(stream_id=ev.EXECUTOR_STREAM)
+            if e.type == ev.RUN_NOTE and e.data.get("kind") == kind]
+
+
+def _checkpoint_dir(options: DemoOptions) -> Path:
+    if options.checkpoints:
+        return Path(options.checkpoints)
+    parsed = parse(options.db)
+    if parsed.backend == "sqlite":
+        return Path(parsed.sqlite_path).with_name(Path(parsed.sqlite_path).name + ".checkpoints")
+    return Path("kasmina-checkpoints")
+
+
+def _check_log(store: EventStore, options: DemoOptions, given: frozenset[str]) -> DemoOptions:
+    """The options of the run to do: ``options`` for a fresh one; for ``--resume``, the recorded
+    run's settings (those the user gave must agree). Refuses a log that holds something else."""
+    started = _notes(store, DEMO_STARTED)
+    if not started:
+        if store.head()[0] > 0:
+            raise KasminaError(f"{redact(options.db)} already holds {store.head()[0]} events that are not a "
+                               "kasmina demo run; use a fresh --db")
+        return options
+    if not options.resume:
+        raise KasminaError(f"{redact(options.db)} already holds a demo run: pass --resume to continue it, "
+                           "or use another --db")
+    recorded = started[-1]["config"]
+    for key, mine in options.recorded().items():
+        if key in given and recorded.get(key) != mine:
+            flag = "--" + key.replace("_", "-")
+            raise KasminaError(f"--resume: the run in {redact(options.db)} was started with {flag} "
+                               f"{recorded.get(key)}, not {mine}; pass the same value or leave it out")
+    return replace(options, **{k: v for k, v in recorded.items() if k in options.recorded()})
+
+
+# -- training -----------------------------------------------------------------------------------
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor) -> torch.Tensor:
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _optimizer(model: torch.nn.Module, options: DemoOptions) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+
+
+Progress = Callable[[int, int, str], None]
+
+
+def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable[[str], None] | None = None,
+        given: frozenset[str] | None = None) -> DemoReport:
+    """Run (or continue, or re-report) the demo described by ``options``.
+
+    ``given`` names the options the user set explicitly (all of them by default): with
+    ``resume``, the others are taken from the run recorded in the log.
+    """
+    from kasmina.demo import data, model, plot
+    from kasmina.demo.controller import ScriptedController, default_plan
+    from kasmina.executor import Executor
+    from kasmina.executor.measure import MetricPolicy
+
+    started_at = time.perf_counter()
+    tell = say or (lambda line: None)
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise KasminaError("--device cuda: no CUDA device is available (use --device cpu)")
+    device = torch.device(options.device)
+    store = _open(options.db)
+    try:
+        options = _check_log(store, options, frozenset(DemoOptions.__slots__) if given is None else given)
+        finished = _notes(store, DEMO_FINISHED)
+        digits = data.load().to(device)
+        torch.manual_seed(options.rng)
+        host = model.DigitsNet(options.hidden).to(device)
+        optimizer = _optimizer(host, options)
+        from kasmina.executor import checkpoint as checkpoints
+
+        found, problems = checkpoints.latest(store)
+        for problem in problems:
+            tell(f"passing over a checkpoint: {problem}")
+        if found is None:
+            # Fresh, or killed before the first checkpoint: the pre-training is deterministic.
+            for step in range(options.host_steps):
+                _train_step(host, optimizer, *digits.batch(options.rng, step, options.batch))
+                if progress is not None and step % 50 == 0:
+                    progress(0, options.steps, f"training the host alone ({step}/{options.host_steps})")
+        at_graft = _accuracy(host, digits.x_val, digits.y_val)
+        control = copy.deepcopy(host)
+        control_opt = _optimizer(control, options)
+        control_opt.load_state_dict(optimizer.state_dict())
+        secret = secrets.token_bytes(32)  # the controller and executor share it in-process
+        policy = MetricPolicy(name="val_acc_ema", higher_is_better=True, tolerance=0.02)
+        ex = Executor(host, model.SITES, db=store, secret=secret, catalogue=model.catalogue(),
+                      optimizer=optimizer, run_seed=options.rng, metric=policy)
+        try:
+            history: dict[str, list[float]] = {"step": [], "accuracy": [], "accuracy_host_only": []}
+            ema: float | None = None
+            resumed_from: int | None = None
+            if found is not None:
+                restored = ex.restore()
+                assert restored is not None
+                extra = restored.extra
+                control.load_state_dict(extra["control"])
+                control_opt.load_state_dict(extra["control_optimizer"])
+                history = {k: list(v) for k, v in extra["history"].items()}
+                ema = extra["ema"]
+                at_graft = float(extra["accuracy_at_graft"])
+                resumed_from = restored.checkpoint.step
+                tell(f"resumed: log at step {ex.step_count}, model from the checkpoint of step "
+                     f"{restored.checkpoint.step} ({restored.checkpoint.path.name})")
+            else:
+                ex.note(DEMO_STARTED, {"config": options.recorded(), "accuracy_at_graft": round(at_graft, 6),
+                                       "sites": list(model.SITES)})
+
+            def save() -> str:
+                extra = {"control": control.state_dict(), "control_optimizer": control_opt.state_dict(),
+                         "history": history, "ema": ema, "accuracy_at_graft": at_graft}
+                return str(ex.checkpoint(_checkpoint_dir(options), extra=extra).path)
+
+            if found is None:
+                save()  # the grafted starting point: a kill from here on never re-trains the host
+            controller = ScriptedController(default_plan(options.hidden), secret, dwell=options.dwell,
+                                            rng=options.rng)
+            last_checkpoint = None
+            first_step = ex.step_count
+            while ex.step_count < options.steps:
+                for what, result in controller.act(ex):
+                    tell(f"step {ex.step_count}: {what}: "
+                         f"{'accepted' if result.accepted else 'refused (' + result.reason + ')'}")
+                    _tell_transitions(store, result.positions, tell)
+                t = ex.step_count
+                x, y = digits.batch(options.rng, options.host_steps + t, options.batch)
+                loss = _train_step(host, optimizer, x, y)
+                _train_step(control, control_opt, x, y)
+                accuracy = _accuracy(host, digits.x_val, digits.y_val)
+                ema = accuracy if ema is None else 0.9 * ema + 0.1 * accuracy
+                _tell_transitions(store, ex.step(metrics={"val_acc_ema": ema, "val_acc": accuracy, "loss": loss}),
+                                  tell)
+                history["step"].append(ex.step_count)
+                history["accuracy"].append(round(accuracy, 6))
+                history["accuracy_host_only"].append(round(_accuracy(control, digits.x_val, digits.y_val), 6))
+                if progress is not None:
+                    progress(ex.step_count, options.steps, _status(ex, accuracy))
+                if ex.step_count % options.every == 0 or ex.step_count == options.steps:
+                    last_checkpoint = save()
+            final = _accuracy(host, digits.x_val, digits.y_val)
+            host_only = _accuracy(control, digits.x_val, digits.y_val)
+            if not finished or ex.step_count > first_step:
+                ex.note(DEMO_FINISHED, {"accuracy_host_only": round(host_only, 6),
+                                        "accuracy_final": round(final, 6)})
+            report = DemoReport(accuracy_host_only=round(host_only, 4), accuracy_final=round(final, 4),
+                                accuracy_at_graft=round(at_graft, 4), seeds=seed_summaries(store, model.SITES),
+                                events=0, db=redact(options.db), steps=ex.step_count,
+                                resumed_from_step=resumed_from, checkpoint=last_checkpoint,
+                                refusals=refusal_summaries(store))
+        finally:
+            ex.close()
+        report.events = store.head()[0]
+        if options.plot:
+            report.plot = str(plot.write(options.plot, store, model.SITES, history))
+        report.seconds = round(time.perf_counter() - started_at, 2)
+        return report
+    finally:
+        store.close()
+
+
+def _tell_transitions(store: EventStore, positions: Sequence[int], tell: Callable[[str], None]) -> None:
+    """A line per stage change just recorded (read back from the log: only when there are any)."""
+    if not positions:
+        return
+    for event in store.read(after=min(positions) - 1, upto=max(positions)):
+        if event.type == ev.STAGE_CHANGED:
+            why = f" ({event.data['gate']}: {event.data['reason']})" if event.data.get("passed") is False else ""
+            tell(f"step {event.data['step']}: {event.stream_id} {event.data['from_stage']} -> "
+                 f"{event.data['to_stage']}{why}")
+
+
+def _status(ex: Any, accuracy: float) -> str:
+    busy = [v for v in ex.seeds() if v.stage not in ("DORMANT", "UNKNOWN", "FOSSILIZED")]
+    seeds = ", ".join(f"{v.seed_id} {v.stage.lower()} a={v.alpha:.2f}" for v in busy) or "no seed in flight"
+    return f"val acc {accuracy:.3f} | {seeds}"
+
+
+# -- reading the log back -----------------------------------------------------------------------
+
+def seed_summaries(store: EventStore, sites: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per site: final stage, generations, blend mode and every cull with its step and reason."""
+    from kasmina.lifecycle.evolve import evolve
+    from kasmina.lifecycle.stages import Stage
+    from kasmina.lifecycle.state import SeedState
+
+    out = []
+    for site in sites:
+        state = SeedState(site)
+        culls = []
+        for event in store.read(stream_id=site):
+            state = evolve(state, event)
+            if event.type == ev.STAGE_CHANGED and event.data.get("to_stage") == Stage.CULLED.name:
+                culls.append({"generation": state.generation, "step": event.data.get("step"),
+                              "gate": event.data.get("gate"), "reason": event.data.get("reason")})
+        mode = (state.blend or {}).get("mode") if state.generation else None
+        out.append({"seed_id": site, "stage": state.stage.name, "blend_mode": mode or ("CONVEX" if state.generation
+                                                                                      else None),
+                    "generations": state.generation, "blueprint_id": state.blueprint_id, "culls": culls})
+    return out
+
+
+def refusal_summaries(store: EventStore) -> list[dict[str, Any]]:
+    return [{"seed_id": e.data.get("seed_id"), "reason": e.data.get("reason"), "detail": e.data.get("detail")}
+            for e in store.read(stream_id=ev.EXECUTOR_STREAM) if e.type == ev.COMMAND_REFUSED]
+
+
+def render(report: DemoReport) -> str:
+    """The human summary printed at the end of a run."""
+    gain = (report.accuracy_final - report.accuracy_host_only) * 100
+    lines = [
+        f"validation accuracy: host only {report.accuracy_host_only:.4f}, with seeds {report.accuracy_final:.4f} "
+        f"({gain:+.1f} points; {report.accuracy_at_graft:.4f} when the seeds were grafted)",
+        f"{'seed':<8} {'stage':<12} {'generations':>11}  {'blend':<11} why culled",
+    ]
+    for seed in report.seeds:
+        why = "; ".join(f"generation {c['generation']} at step {c['step']}: {c['gate'] or 'command'}: {c['reason']}"
+                        for c in seed["culls"])
+        lines.append(f"{seed['seed_id']:<8} {seed['stage']:<12} {seed['generations']:>11}  "
+                     f"{seed['blend_mode'] or '-':<11} {why or '-'}")
+    for refusal in report.refusals:
+        lines.append(f"refused: {refusal['seed_id']}: {refusal['reason']} ({refusal['detail']})")
+    lines.append(f"{report.events} events in {report.db}; {report.steps} steps"
+                 + (f", resumed from the checkpoint of step {report.resumed_from_step}"
+                    if report.resumed_from_step is not None else "")
+                 + (f"; plot: {report.plot}" if report.plot else "") + f"; {report.seconds:.1f} s")
+    return "\n".join(lines)
