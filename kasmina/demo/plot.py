@@ -50,13 +50,19 @@ def trajectory(store: EventStore, seed_id: str, last_step: int) -> tuple[list[fl
     return alphas, [s for s in spans if s[2] in STAGE_COLOURS]
 
 
-def write(path: str | Path, store: EventStore, sites: Sequence[str], history: Mapping[str, Sequence[Any]]) -> Path:
-    """Write the three-panel PNG to ``path``; refuses anything but a ``.png`` file name."""
+def check_target(path: str | Path) -> Path:
+    """Refuse a plot path that cannot work before the run starts, not after it."""
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise KasminaError(f"--plot {path}: the figure is a PNG; give a file name ending in .png")
     if not target.parent.exists():
         raise KasminaError(f"--plot {path}: folder {target.parent} does not exist")
+    return target
+
+
+def write(path: str | Path, store: EventStore, sites: Sequence[str], history: Mapping[str, Sequence[Any]]) -> Path:
+    """Write the three-panel PNG to ``path``."""
+    target = check_target(path)
     import matplotlib.pyplot as plt
 
     fig = figure(store, sites, history)

@@ -19,7 +19,6 @@ alpha curves are all read back from it.
 from __future__ import annotations
 
 import copy
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kasmina.errors import KasminaError
-from kasmina.events import EventStore, migrate, open_store, parse
+from kasmina.events import EventStore, migrate, parse
 from kasmina.events.urls import redact
 from kasmina.lifecycle import events as ev
 
@@ -89,13 +88,6 @@ class DemoReport:
 
 
 # -- the log ----------------------------------------------------------------------------------
-
-def _open(url: str) -> EventStore:
-    parsed = parse(url)
-    if parsed.backend == "sqlite" and not os.path.exists(parsed.sqlite_path):
-        migrate.upgrade(url)
-    return open_store(url)
-
 
 def _notes(store: EventStore, kind: str) -> list[dict[str, Any]]:
     return [dict(e.data) for e in store.read(stream_id=ev.EXECUTOR_STREAM)
@@ -172,7 +164,9 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
     if options.device == "cuda" and not torch.cuda.is_available():
         raise KasminaError("--device cuda: no CUDA device is available (use --device cpu)")
     device = torch.device(options.device)
-    store = _open(options.db)
+    if options.plot is not None:
+        plot.check_target(options.plot)
+    store = migrate.open_log(options.db)
     try:
         options = _check_log(store, options, frozenset(DemoOptions.__slots__) if given is None else given)
         finished = _notes(store, DEMO_FINISHED)

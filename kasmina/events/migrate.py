@@ -7,12 +7,16 @@ the working directory.
 
 from __future__ import annotations
 
+from contextlib import closing
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kasmina.errors import SchemaMismatch
 from kasmina.events import schema
 from kasmina.events.urls import parse, redact
+
+if TYPE_CHECKING:
+    from kasmina.events.store import EventStore
 
 
 def _config(url: str, connection: Any) -> Any:
@@ -68,6 +72,35 @@ def _refuse_unknown(conn: Any, url: str) -> None:
 def upgrade(url: str, revision: str = "head") -> None:
     """Create or upgrade the log's schema (creates a SQLite file if needed)."""
     _run(url, "upgrade", revision, create=True)
+
+
+def open_log(url: str) -> EventStore:
+    """Open a run's log, creating it first when it is brand new.
+
+    Brand new is a SQLite file that does not exist yet, or one that holds no table at all
+    (a process killed while creating it leaves exactly that: the schema is created in one
+    transaction). Any other database must already be at the head revision: it is never
+    upgraded implicitly (mlflow's trap); the user runs ``kasmina db upgrade``.
+    """
+    from kasmina.events import open_store
+
+    parsed = parse(url)
+    if parsed.backend == "sqlite" and _brand_new(parsed.sqlite_path):
+        upgrade(url)
+    return open_store(url)
+
+
+def _brand_new(path: str) -> bool:
+    import os
+    import sqlite3
+
+    if not os.path.exists(path):
+        return True
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.DatabaseError:
+        return False  # not a database: open_store says so in one line
 
 
 def downgrade(url: str, revision: str) -> None:

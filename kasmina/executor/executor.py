@@ -32,7 +32,7 @@ from kasmina import leyline
 from kasmina.annotations import parse_blend_annotations
 from kasmina.catalogue import Catalogue, FetchError, seed_generator
 from kasmina.errors import KasminaError, StoreError
-from kasmina.events import EventStore, open_store, parse
+from kasmina.events import EventStore
 from kasmina.executor import checkpoint as checkpoints
 from kasmina.executor.checkpoint import Checkpoint, Restored
 from kasmina.executor.isolation import IsolationMonitor, shared_parameters
@@ -678,11 +678,4 @@ def _open_log(url: str | None) -> EventStore:
     """Open the run's log; a brand-new SQLite file is created and migrated, nothing else is."""
     from kasmina.events import default_url, migrate
 
-    url = default_url() if url is None else url
-    parsed = parse(url)
-    if parsed.backend == "sqlite":
-        import os
-
-        if not os.path.exists(parsed.sqlite_path):
-            migrate.upgrade(url)
-    return open_store(url)
+    return migrate.open_log(default_url() if url is None else url)

@@ -1,0 +1,185 @@
+"""Executor checkpoints (SPEC §13): atomic files the log vouches for, restored by seed id.
+
+Each test trains the small CNN of ``test_executor`` with real seeds on a real SQLite log,
+checkpoints it, then opens a NEW model and executor on the same log (as a restarted
+process would) and restores.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+
+import kasmina
+from kasmina import commands
+from kasmina.errors import KasminaError
+from kasmina.executor import checkpoint as checkpoints
+from kasmina.rebuild import replay
+from test_executor import FAST, SECRET, Net, _catalogue, signed, train
+
+SITES = ["features.2", "classifier.1"]
+SLOW = {**FAST, "training_steps": 50}
+
+
+def open_run(db: str) -> tuple[Net, torch.optim.Optimizer, kasmina.Executor]:
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    return model, opt, kasmina.Executor(model, sites=SITES, db=db, secret=SECRET, catalogue=_catalogue(),
+                                        optimizer=opt)
+
+
+def germinate(ex: kasmina.Executor, site: str, blueprint: str = "conv_adapter") -> None:
+    assert ex.handle(signed(commands.germinate(site, blueprint, parameters=SLOW))).accepted
+
+
+def seed_group(opt: torch.optim.Optimizer, seed: str) -> dict:
+    return next(g for g in opt.param_groups if g.get("kasmina_seed") == seed)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'run.db'}"
+
+
+def test_restore_brings_back_host_seeds_and_optimizer_state_by_seed_id(db: str, tmp_path: Path) -> None:
+    model, opt, ex = open_run(db)
+    germinate(ex, "classifier.1", "bottleneck_mlp")
+    germinate(ex, "features.2")
+    train(model, opt, ex, 6)
+    saved = ex.checkpoint(tmp_path / "ckpt", extra={"epoch": 3, "curve": [0.5, 0.25]})
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    want_state = {s: [opt.state[p]["exp_avg"].clone() for p in seed_group(opt, s)["params"]] for s in SITES}
+    step = ex.step_count
+    ex.close()
+
+    # A new process attaches the seeds in site order, not in the order they were germinated:
+    # the optimizer's groups come out in another order, which keying by seed id must survive.
+    model2, opt2, ex2 = open_run(db)
+    try:
+        assert [g.get("kasmina_seed") for g in opt2.param_groups][1:] != \
+            [g.get("kasmina_seed") for g in opt.param_groups][1:]
+        restored = ex2.restore()
+        assert restored is not None and restored.checkpoint.sha256 == saved.sha256
+        assert restored.extra == {"epoch": 3, "curve": [0.5, 0.25]}
+        assert sorted(restored.seeds_loaded) == sorted(SITES) and restored.seeds_fresh == []
+        assert restored.skipped == []
+        got = model2.state_dict()
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert torch.equal(got[key], value), key
+        for seed, states in want_state.items():
+            params = seed_group(opt2, seed)["params"]
+            for p, exp_avg in zip(params, states):
+                assert torch.equal(opt2.state[p]["exp_avg"], exp_avg), seed
+        assert ex2.step_count == step
+        train(model2, opt2, ex2, 2)
+    finally:
+        ex2.close()
+
+
+def test_a_seed_grafted_after_the_checkpoint_keeps_its_initial_weights(db: str, tmp_path: Path) -> None:
+    model, opt, ex = open_run(db)
+    germinate(ex, "features.2")
+    train(model, opt, ex, 3)
+    ex.checkpoint(tmp_path / "ckpt")
+    germinate(ex, "classifier.1", "bottleneck_mlp")
+    initial = {k: v.clone() for k, v in ex.sites["classifier.1"].seed.state_dict().items()}
+    train(model, opt, ex, 3)
+    # killed here: no close(), no later checkpoint
+    ex.store.close()
+
+    model2, opt2, ex2 = open_run(db)
+    try:
+        restored = ex2.restore()
+        assert restored is not None
+        assert restored.seeds_loaded == ["features.2"] and restored.seeds_fresh == ["classifier.1"]
+        assert restored.skipped == ["seed:classifier.1"]
+        for key, value in ex2.sites["classifier.1"].seed.state_dict().items():
+            assert torch.equal(value, initial[key]), key  # rebuilt from its own generator
+        # The log's last step (classifier.1 entered TRAINING at step 4), not the checkpoint's (3);
+        # steps 5-6 left no trace anywhere, so they are lost.
+        assert ex2.step_count == 4
+    finally:
+        ex2.close()
+
+
+def test_a_missing_or_altered_newer_checkpoint_is_passed_over(db: str, tmp_path: Path) -> None:
+    model, opt, ex = open_run(db)
+    germinate(ex, "features.2")
+    train(model, opt, ex, 2)
+    first = ex.checkpoint(tmp_path / "ckpt")
+    train(model, opt, ex, 2)
+    second = ex.checkpoint(tmp_path / "ckpt")
+    ex.close()
+    data = bytearray(second.path.read_bytes())
+    data[-10] ^= 0xFF
+    second.path.write_bytes(bytes(data))
+
+    model2, opt2, ex2 = open_run(db)
+    try:
+        restored = ex2.restore()
+        assert restored is not None and restored.checkpoint.step == first.step
+        assert any("does not match its checksum" in p for p in restored.skipped)
+        # Restoring the altered file directly is refused.
+        with pytest.raises(KasminaError, match="does not match the checksum"):
+            checkpoints.restore(ex2, second)
+        first.path.unlink()
+        with pytest.raises(KasminaError, match="no usable checkpoint: checkpoint of step"):
+            ex2.restore()
+    finally:
+        ex2.close()
+
+
+def test_no_checkpoint_restores_nothing(db: str) -> None:
+    _, _, ex = open_run(db)
+    try:
+        assert ex.restore() is None
+    finally:
+        ex.close()
+
+
+def test_checkpoint_files_are_atomic_and_pruned_only_once_recorded(db: str, tmp_path: Path) -> None:
+    model, opt, ex = open_run(db)
+    folder = tmp_path / "ckpt"
+    try:
+        made = []
+        for _ in range(4):
+            train(model, opt, ex, 1)
+            made.append(ex.checkpoint(folder, keep=2))
+        files = sorted(p.name for p in folder.iterdir())
+        assert files == [made[2].path.name, made[3].path.name]  # no temporary file left over
+        assert [c.step for c in checkpoints.history(ex.store)] == [c.step for c in made]
+        with pytest.raises(ValueError):
+            ex.checkpoint(folder, keep=0)
+    finally:
+        ex.close()
+
+
+def test_notes_are_recorded_for_audit_and_ignored_by_replay(db: str, tmp_path: Path) -> None:
+    model, opt, ex = open_run(db)
+    germinate(ex, "features.2")
+    train(model, opt, ex, 2)
+    before = replay(ex.store).digest
+    position = ex.note("evaluation", {"val_acc": 0.91, "split": "validation"})
+    assert replay(ex.store).digest == before
+    head = ex.store.head()[0]
+    for kind, data, message in [
+        ("", {}, "needs a kind"),
+        ("x" * 101, {}, "needs a kind"),
+        ("nan", {"value": float("nan")}, "must be JSON"),
+        ("tensor", {"value": torch.ones(1)}, "must be JSON"),
+        ("huge", {"blob": "x" * 20_000}, "the limit is"),
+    ]:
+        with pytest.raises(KasminaError, match=message):
+            ex.note(kind, data)
+    assert ex.store.head()[0] == head  # nothing written by a refused note
+    ex.close()
+    row = sqlite3.connect(db.removeprefix("sqlite:///")).execute(
+        "SELECT event_type, payload FROM kasmina_events WHERE position = ?", (position,)).fetchone()
+    assert row[0] == "run_note" and json.loads(row[1]) == {"kind": "evaluation", "val_acc": 0.91,
+                                                           "split": "validation", "step": 2}

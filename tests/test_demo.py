@@ -1,0 +1,223 @@
+"""``kasmina demo`` end to end (issue 6): a real run on SQLite, kill -9 and resume, the plot.
+
+The demo runs as the user runs it, through the ``kasmina`` console script in a child
+process; the short runs use ``--steps 96 --host-steps 150`` (the plan scales its stage
+lengths to the run, so the whole lifecycle still happens). The kill test SIGKILLs the child
+once the log holds a checkpoint from the middle of the run, resumes it, and compares the
+seeds with an uninterrupted run of the same ``--rng``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SHORT = ["--steps", "96", "--host-steps", "150"]
+KASMINA = str(Path(sys.executable).with_name("kasmina"))
+
+
+def kasmina(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([KASMINA, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    if check and done.returncode != 0:
+        raise AssertionError(f"kasmina {' '.join(args)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return done
+
+
+def demo_json(db: Path, *extra: str) -> dict[str, Any]:
+    out = kasmina("demo", "--db", f"sqlite:///{db}", *SHORT, "--json", "--quiet", *extra)
+    return json.loads(out.stdout)
+
+
+def outcome(report: dict[str, Any]) -> list[tuple[str, str, str | None, int]]:
+    return [(s["seed_id"], s["stage"], s["blend_mode"], s["generations"]) for s in report["seeds"]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    db = tmp_path_factory.mktemp("demo") / "run.db"
+    return db, demo_json(db, "--rng", "3")
+
+
+def test_short_demo_grows_seeds_and_writes_a_verifiable_log(uninterrupted: tuple[Path, dict[str, Any]]) -> None:
+    db, report = uninterrupted
+    assert {"accuracy_host_only", "accuracy_final", "seeds", "events"} <= report.keys()
+    assert 0.0 <= report["accuracy_host_only"] <= 1.0 and 0.0 <= report["accuracy_final"] <= 1.0
+    assert report["steps"] == 96 and report["events"] > 20
+    fossils = [s for s in report["seeds"] if s["stage"] == "FOSSILIZED"]
+    assert len({s["blend_mode"] for s in fossils}) >= 2, report["seeds"]
+    culled = [s for s in report["seeds"] if s["culls"]]
+    assert culled, "the unstable seed must be culled by a gate"
+    cull = culled[0]["culls"][0]
+    assert cull["gate"] == "G2_STABILITY" and "not finite" in cull["reason"]
+    # ... then embargoed, reset and germinated again: generation 2 of the same site.
+    assert culled[0]["generations"] == 2
+    stages = [r[0] for r in sqlite3.connect(db).execute(
+        "SELECT to_stage FROM seed_transitions WHERE seed_id = ? ORDER BY position", (culled[0]["seed_id"],))]
+    i = stages.index("CULLED")
+    assert stages[i:i + 4] == ["CULLED", "EMBARGOED", "RESETTING", "DORMANT"]
+    assert "GERMINATED" in stages[i + 4:]
+    assert [r["reason"] for r in report["refusals"]] == ["illegal_transition"]
+    verified = kasmina("verify", "--db", f"sqlite:///{db}", "--json")
+    assert json.loads(verified.stdout)["ok"] is True
+    # Every command was signed: no security refusal in the log.
+    refusals = sqlite3.connect(db).execute("SELECT reason FROM command_refusals").fetchall()
+    assert refusals == [("illegal_transition",)]
+
+
+def test_the_same_rng_gives_the_same_run(uninterrupted: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    _, first = uninterrupted
+    again = demo_json(tmp_path / "again.db", "--rng", "3")
+    assert outcome(again) == outcome(first)
+    assert again["accuracy_final"] == first["accuracy_final"]
+    assert again["accuracy_host_only"] == first["accuracy_host_only"]
+
+
+def _checkpoint_steps(db: Path) -> list[int]:
+    """Steps of the checkpoints the log holds, read while the writer runs (WAL: no blocking)."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            rows = conn.execute("SELECT payload FROM kasmina_events WHERE event_type = 'checkpoint_saved'").fetchall()
+    except sqlite3.OperationalError:  # the schema is still being created
+        return []
+    return [json.loads(r[0])["step"] for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_step", [None, 30, 70])
+def test_kill_and_resume_matches_an_uninterrupted_run(uninterrupted: tuple[Path, dict[str, Any]], tmp_path: Path,
+                                                      kill_after_step: int | None) -> None:
+    """SIGKILL mid-run (``None``: while the host still trains alone, before any checkpoint)."""
+    _, expected = uninterrupted
+    db = tmp_path / "killed.db"
+    # Not --quiet: the child reports each stage change on stderr as it happens ("step N: ..."),
+    # and is killed the moment it reports one at or after ``kill_after_step``.
+    child = subprocess.Popen([KASMINA, "demo", "--db", f"sqlite:///{db}", *SHORT, "--rng", "3",
+                              "--checkpoint-every", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    assert child.stderr is not None
+    try:
+        if kill_after_step is None:
+            deadline = time.monotonic() + 60
+            while not db.exists() and time.monotonic() < deadline and child.poll() is None:
+                time.sleep(0.005)
+        else:
+            for line in child.stderr:
+                match = re.match(r"step (\d+):", line)
+                if match and int(match.group(1)) >= kill_after_step:
+                    break
+        assert child.poll() is None, "the demo ended before it could be killed"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    killed_at = max(_checkpoint_steps(db), default=None)
+    if kill_after_step is not None:
+        assert killed_at is not None and kill_after_step - 4 <= killed_at < 96
+    resumed = demo_json(db, "--rng", "3", "--resume")
+    assert outcome(resumed) == outcome(expected)
+    if kill_after_step is not None:
+        assert resumed["resumed_from_step"] == killed_at
+    assert json.loads(kasmina("verify", "--db", f"sqlite:///{db}", "--json").stdout)["ok"] is True
+    # Resuming a finished run reports it again and changes nothing in the seeds.
+    again = demo_json(db, "--resume")
+    assert outcome(again) == outcome(expected)
+
+
+def test_plot_is_a_png_with_three_panels(uninterrupted: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    db, _ = uninterrupted
+    copy = tmp_path / "run.db"
+    shutil.copy(db, copy)
+    png = tmp_path / "demo.png"
+    report = demo_json(copy, "--resume", "--plot", str(png))
+    assert report["plot"] == str(png)
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    assert (width, height) == (1000, 900)
+    assert png.stat().st_size > 20_000  # three drawn panels, not an empty canvas
+
+    from kasmina.demo import model, plot
+    from kasmina.events import open_store
+
+    with open_store(f"sqlite:///{copy}") as store:
+        fig = plot.figure(store, model.SITES, {"step": [1, 2], "accuracy": [0.5, 0.6],
+                                               "accuracy_host_only": [0.5, 0.55]})
+        alphas, spans = plot.trajectory(store, "body.2", 96)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 3 and "Blend weight" in titles[0] and "accuracy" in titles[1] and "Lifecycle" in titles[2]
+    assert len(alphas) == 97 and alphas[0] == 0.0 and alphas[-1] == 1.0  # generation 2 fossilized
+    assert [s[2].name for s in spans].count("CULLED") == 1
+
+
+# -- refusals: one line, exit code, nothing written -----------------------------------------------
+
+def _one_line_error(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _events(db: Path) -> int:
+    return sqlite3.connect(db).execute("SELECT COUNT(*) FROM kasmina_events").fetchone()[0]
+
+
+def test_second_run_on_the_same_log_needs_resume(uninterrupted: tuple[Path, dict[str, Any]]) -> None:
+    db, _ = uninterrupted
+    before = _events(db)
+    done = kasmina("demo", "--db", f"sqlite:///{db}", *SHORT, "--quiet", check=False)
+    _one_line_error(done, 1, "already holds a demo run", "--resume")
+    assert _events(db) == before
+
+
+def test_resume_with_other_settings_is_refused(uninterrupted: tuple[Path, dict[str, Any]]) -> None:
+    db, _ = uninterrupted
+    before = _events(db)
+    done = kasmina("demo", "--db", f"sqlite:///{db}", "--resume", "--rng", "4", "--quiet", check=False)
+    _one_line_error(done, 1, "--rng 3, not 4")
+    assert _events(db) == before
+
+
+def test_a_log_of_something_else_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "sim.db"
+    kasmina("simulate", "--db", f"sqlite:///{db}", "--seeds", "2", "--steps", "20", "--quiet")
+    before = _events(db)
+    done = kasmina("demo", "--db", f"sqlite:///{db}", *SHORT, "--quiet", check=False)
+    _one_line_error(done, 1, "not a kasmina demo run")
+    assert _events(db) == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--plot", "out.jpg"], "ending in .png"),
+    (["--steps", "0"], "expected a number in"),
+    (["--rng", "-1"], "expected a number >= 0"),
+    (["--device", "tpu"], "invalid choice"),
+])
+def test_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
+    done = kasmina("demo", "--db", f"sqlite:///{tmp_path / 'x.db'}", *args, check=False, cwd=tmp_path)
+    _one_line_error(done, 2, fragment)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_cuda_without_a_gpu_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = kasmina("demo", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--device", "cuda", check=False)
+    _one_line_error(done, 1, "no CUDA device")
