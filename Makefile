@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   installs Kasmina in .venv, then runs the main job on the embedded SQLite log
+#   make demo   installs Kasmina in .venv, then runs the main job (kasmina demo) on the embedded SQLite log
 #   make test   installs Kasmina with its dev extras in .venv, then runs the whole test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,13 +17,13 @@ install: $(PY)
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e '.[dev]'
 
+# --resume: a second `make demo` continues (or re-reports) the run in the log, never clobbers it.
 demo: install
-	$(VENV)/bin/kasmina simulate --db $(DB) --seeds 8 --steps 400 --rng 12
-	$(VENV)/bin/kasmina history sim.layer1 --db $(DB)
+	$(VENV)/bin/kasmina demo --db $(DB) --resume --plot demo.png
 	$(VENV)/bin/kasmina verify --db $(DB)
 
 test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) kasmina.db kasmina.db-wal kasmina.db-shm .pytest_cache
+	rm -rf $(VENV) kasmina.db kasmina.db-wal kasmina.db-shm kasmina.db.checkpoints demo.png .pytest_cache
