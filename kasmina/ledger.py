@@ -9,7 +9,8 @@ is, by construction, what a replay of its log yields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping, Sequence
 
 from kasmina.errors import StaleVersion
@@ -20,10 +21,12 @@ from kasmina.lifecycle.decide import Decision, decide
 from kasmina.lifecycle.evolve import evolve
 from kasmina.lifecycle.gates import GateInputs
 from kasmina.lifecycle.state import SeedState
-from kasmina.rebuild import replay, replay_seed, snapshot_due, take_snapshot
+from kasmina.rebuild import is_seed_stream, replay, replay_seed, snapshot_due, take_snapshot
 
 #: How often a command is re-decided after another writer moved its seed's stream.
 MAX_RETRIES = 3
+#: The refusal reason when other writers moved the seed on every one of those attempts.
+CONCURRENT_UPDATE = "concurrent_update"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,8 @@ class Outcome:
     reason: str
     events: tuple[RecordedEvent, ...] = ()
     duplicate: bool = False
+    #: Times another writer moved the seed first, so the command was decided again.
+    conflicts: int = 0
 
 
 class Ledger:
@@ -42,19 +47,50 @@ class Ledger:
                  on_recorded: Callable[[Sequence[RecordedEvent]], None] | None = None) -> None:
         self.store = store
         self.seeds: dict[str, SeedState] = dict(seeds or {})
+        #: The log position this ledger has seen up to (a follower catches up from here).
+        self.position = max((s.position for s in self.seeds.values()), default=0)
         self.snapshot_every = snapshot_every
         #: Told about every event this ledger appends (the executor's telemetry listens).
         self.on_recorded = on_recorded
+        #: Optimistic-concurrency conflicts met by :meth:`submit` (another writer was first).
+        self.conflicts = 0
 
     @classmethod
     def open(cls, store: EventStore, *, snapshot_every: int = SNAPSHOT_EVERY,
              on_recorded: Callable[[Sequence[RecordedEvent]], None] | None = None) -> Ledger:
         """A ledger whose states are rebuilt from the log (snapshots first)."""
-        return cls(store, replay(store).seeds, snapshot_every=snapshot_every, on_recorded=on_recorded)
+        replayed = replay(store)
+        ledger = cls(store, replayed.seeds, snapshot_every=snapshot_every, on_recorded=on_recorded)
+        ledger.position = replayed.position
+        return ledger
+
+    def catch_up(self, upto: int | None = None) -> list[RecordedEvent]:
+        """Fold what others appended since :attr:`position` (up to ``upto``); returns it.
+
+        How a follower (another rank, a read-only tail) keeps a live replayed view without
+        writing: the same ``evolve`` as live handling and replay, over the stored events.
+        Events this ledger appended itself are already folded and are skipped by version.
+        """
+        if upto is not None and upto <= self.position:
+            return []
+        folded: list[RecordedEvent] = []
+        with closing(self.store.read(after=self.position, upto=upto)) as events:
+            for event in events:
+                self.position = event.position
+                if not is_seed_stream(event.stream_id):
+                    folded.append(event)
+                    continue
+                state = self.state(event.stream_id)
+                if event.version <= state.version:
+                    continue  # our own append, folded when it was made
+                self.seeds[event.stream_id] = evolve(state, event)
+                folded.append(event)
+        return folded
 
     def _append(self, batches: Sequence[PendingAppend]) -> list[AppendResult]:
         """Every append goes through here, so listeners hear of each recorded event once."""
         results = self.store.append_many(batches)
+        self.position = max([self.position, *(e.position for r in results for e in r.events)])
         if self.on_recorded is not None:
             recorded = [e for r in results for e in r.events]
             if recorded:
@@ -65,15 +101,27 @@ class Ledger:
         return self.seeds.get(seed_id) or SeedState(seed_id)
 
     def submit(self, command: c.Command, *, command_id: str | None = None) -> Outcome:
-        """Decide, append and evolve one command; refusals go to the executor stream."""
-        for _ in range(MAX_RETRIES):
+        """Decide, append and evolve one command; refusals go to the executor stream.
+
+        If another writer moved the seed since this ledger last saw it, the append fails
+        (``StaleVersion``, nothing written): the seed is replayed and the command decided
+        again, up to :data:`MAX_RETRIES` times. If the seed moved every time, the command is
+        refused with reason ``concurrent_update``: a conflict is an outcome, never an error.
+        """
+        for attempt in range(MAX_RETRIES + 1):
             state = self.state(command.seed_id)
-            decision = decide(state, command)
             try:
-                return self._record(state, decision, command_id)
+                outcome = self._record(state, decide(state, command), command_id)
             except StaleVersion:
+                self.conflicts += 1
                 self.seeds[command.seed_id] = replay_seed(self.store, command.seed_id)
-        return self._record(self.state(command.seed_id), decide(self.state(command.seed_id), command), command_id)
+                continue
+            return replace(outcome, conflicts=attempt) if attempt else outcome
+        detail = (f"other writers moved {command.seed_id} during each of {MAX_RETRIES + 1} attempts; "
+                  "send the command again")
+        refused = self.refuse(ev.refused(CONCURRENT_UPDATE, seed_id=command.seed_id, detail=detail),
+                              command_id=command_id)
+        return replace(refused, conflicts=MAX_RETRIES + 1)
 
     def refuse(self, refusal: ev.Event, *, command_id: str | None = None) -> Outcome:
         """Record a refusal decided before ``decide`` (bad signature, stale command, ...)."""

@@ -83,9 +83,8 @@ class ScriptedController:
         state = ex.state(item.site)
         return state.generation >= item.generation and state.stage in _SETTLED
 
-    def act(self, ex: Executor) -> list[tuple[str, Result]]:
-        """The commands this step calls for (usually none), carried out; returns what happened."""
-        done: list[tuple[str, Result]] = []
+    def commands(self, ex: Executor) -> list[tuple[str, AdaptationCommand]]:
+        """The signed commands this step calls for (usually none), from the replayed state."""
         for item in self.plan:
             if self._settled(ex, item):
                 continue
@@ -93,10 +92,13 @@ class ScriptedController:
             if state.generation == item.generation - 1 and state.stage in (Stage.UNKNOWN, Stage.DORMANT):
                 cmd = commands.germinate(item.site, item.blueprint, annotations=item.annotations,
                                          parameters={**dwell_parameters(self.dwell), **item.parameters})
-                done.append((f"germinate {item.site} ({item.blueprint}, {item.blend_mode})",
-                             ex.handle(self._signed(cmd))))
-            elif state.stage is Stage.BLENDING and item is self.plan[0] and not ex.store.find_command(self.premature_id):
+                return [(f"germinate {item.site} ({item.blueprint}, {item.blend_mode})", self._signed(cmd))]
+            if state.stage is Stage.BLENDING and item is self.plan[0] and not ex.store.find_command(self.premature_id):
                 cmd = commands.fossilize(item.site, command_id=self.premature_id)
-                done.append((f"fossilize {item.site} while blending", ex.handle(self._signed(cmd))))
-            break  # one seed in flight at a time
-        return done
+                return [(f"fossilize {item.site} while blending", self._signed(cmd))]
+            return []  # one seed in flight at a time
+        return []
+
+    def act(self, ex: Executor) -> list[tuple[str, Result]]:
+        """Carry out this step's commands; returns what happened to each."""
+        return [(what, ex.handle(cmd)) for what, cmd in self.commands(ex)]

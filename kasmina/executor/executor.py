@@ -32,7 +32,7 @@ from kasmina import leyline
 from kasmina.annotations import parse_blend_annotations
 from kasmina.catalogue import Catalogue, FetchError, seed_generator
 from kasmina.errors import KasminaError, StoreError
-from kasmina.events import EventStore
+from kasmina.events import EventStore, RecordedEvent
 from kasmina.executor import checkpoint as checkpoints
 from kasmina.executor.checkpoint import Checkpoint, Restored
 from kasmina.executor.isolation import IsolationMonitor, shared_parameters
@@ -74,6 +74,8 @@ _MODES: Mapping[Stage, SiteMode] = {
 _METRIC_GATES = frozenset({Gate.G1_GRADIENT_HEALTH, Gate.G4_SYSTEM_IMPACT})
 #: Stages whose seed collects isolation statistics (WP-K2).
 _HOOKED = frozenset({Stage.TRAINING, Stage.BLENDING})
+LEADER, FOLLOWER = "leader", "follower"
+NOT_LEADER = "not_leader"
 UNSUPPORTED = "unsupported_command"
 UNKNOWN_SITE = "unknown_site"
 MALFORMED = "malformed_command"
@@ -124,7 +126,13 @@ class Executor:
         metric: MetricPolicy | None = None,
         prewarm: Callable[[str], Tensor | None] | None = None,
         verifier: Verifier | None = None,
+        role: str = LEADER,
     ) -> None:
+        if role not in (LEADER, FOLLOWER):
+            raise KasminaError(f"role must be {LEADER!r} or {FOLLOWER!r}, got {role!r}")
+        #: A follower never writes: it takes every decision from the log the leader appends to
+        #: (the other ranks of a torch.distributed job, see :mod:`kasmina.distributed`).
+        self.leader = role == LEADER
         self.model = model
         self.catalogue = catalogue if catalogue is not None else Catalogue()
         self.telemetry = Telemetry.from_spec(telemetry)
@@ -189,7 +197,8 @@ class Executor:
             if runtime.monitor is not None:
                 runtime.monitor.close()
         try:
-            self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.EXECUTOR_CLOSED, {"step": self._step})])
+            if self.leader:
+                self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.EXECUTOR_CLOSED, {"step": self._step})])
             self.telemetry.flush(step=self._step, metrics=self.telemetry_metrics())
         finally:
             self.telemetry.close()
@@ -290,6 +299,9 @@ class Executor:
             self.telemetry.flush(step=self._step)
 
     def _handle(self, command: leyline.AdaptationCommand | bytes) -> Result:
+        if not self.leader:
+            # Not recorded (a follower never writes): the leader rank handles every command.
+            return Result(False, NOT_LEADER, "this executor follows the log; send commands to the leader (rank 0)")
         try:
             if isinstance(command, (bytes, bytearray)):
                 try:
@@ -450,28 +462,46 @@ class Executor:
         Metrics may be floats or tensors; a tensor is only read (a device sync) when a gate
         that uses it falls due. If the log cannot be written, the step still completes with
         the last recorded state (no stage changes this step) and the error is kept in
-        :attr:`last_error`: training never stops because the database did.
+        :attr:`last_error`: training never stops because the database did. A follower only
+        advances its step and alpha here; its decisions arrive through :meth:`sync`.
         """
         if metrics:
             self._metrics.update({str(k): v for k, v in metrics.items()})
         self._step += 1
-        try:
-            self._record_baselines()
-            recorded = self.ledger.tick(self._step, self._measure, seed_ids=self.sites)
-            self._flush_facts()
-            self.last_error = None
-        except StoreError as e:
-            self._facts.clear()
-            self.last_error = e
-            recorded = []
-        for name in {e.stream_id for e in recorded}:
+        recorded: list[RecordedEvent] = []
+        if self.leader:
+            try:
+                self._record_baselines()
+                recorded = self.ledger.tick(self._step, self._measure, seed_ids=self.sites)
+                self._flush_facts()
+                self.last_error = None
+            except StoreError as e:
+                self._facts.clear()
+                self.last_error = e
+                recorded = []
+        self._follow_state(recorded)
+        due = self.telemetry.metrics_due(self._step)
+        self.telemetry.flush(step=self._step, metrics=self.telemetry_metrics() if due else None)
+        return [e.position for e in recorded]
+
+    def sync(self, upto: int | None = None) -> list[int]:
+        """Take what the log holds up to position ``upto`` (default: its head) and follow it.
+
+        For a follower this is how decisions arrive; a leader may call it to absorb events
+        another writer appended. Raises :class:`StoreError` when the log cannot be read:
+        a rank must not carry on with a state the others may not share.
+        """
+        recorded = self.ledger.catch_up(upto)
+        self._follow_state(recorded)
+        return [e.position for e in recorded]
+
+    def _follow_state(self, recorded: list[RecordedEvent]) -> None:
+        """Make the model match the state after ``recorded``: reattach, then alpha."""
+        for name in {e.stream_id for e in recorded} & self.sites.keys():
             self._reconcile(name)
         for name, site in self.sites.items():
             if site.mode is SiteMode.BLENDING:
                 site.alpha.fill_(alpha_for(self.ledger.state(name), self._step))
-        due = self.telemetry.metrics_due(self._step)
-        self.telemetry.flush(step=self._step, metrics=self.telemetry_metrics() if due else None)
-        return [e.position for e in recorded]
 
     def telemetry_metrics(self) -> list[Metric]:
         """The executor's metrics (reads the blend statistics: one device sync per seed)."""
@@ -571,8 +601,8 @@ class Executor:
             fetched = self.catalogue.fetch(state.blueprint_id or "", site.base_layer, device=device, dtype=dtype,
                                            generator=generator, parameters=state.parameters)
         except FetchError as e:
-            outcome = self.ledger.submit(c.Cull(name, self._step, f"kernel fetch failed: {e}"))
-            if outcome.accepted:
+            # The leader culls on record; a follower waits for that cull to reach it.
+            if self.leader and self.ledger.submit(c.Cull(name, self._step, f"kernel fetch failed: {e}")).accepted:
                 self._detach(name)
             return False
         site.seed = fetched.module
@@ -603,7 +633,8 @@ class Executor:
             runtime.facts["violation_recorded"] = True
             facts.append(ev.Event(ev.ISOLATION_VIOLATION, {"count": runtime.violations, "step": self._step,
                                                            "detail": "seed shares parameters with the host"}))
-        self.ledger.note(name, facts)
+        if self.leader:
+            self.ledger.note(name, facts)
         return True
 
     def _prewarm_seed(self, name: str, site: SeedSite, blueprint_id: str) -> float | None:
