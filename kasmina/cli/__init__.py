@@ -13,7 +13,7 @@ import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from kasmina.bench import flags as bench_flags
-from kasmina.cli.argtypes import nonneg_int, pos_int
+from kasmina.cli.argtypes import nonneg_int, pos_float, pos_int
 from kasmina.errors import KasminaError
 from kasmina.events.urls import ENV_VAR, default_url
 
@@ -22,9 +22,15 @@ EXIT_USAGE = 2
 EXIT_VERIFY_FAILED = 3
 
 
+def _one_line(message: str) -> str:
+    """``message`` with every line break or other unprintable character escaped (``\\n``):
+    argparse quotes some user input (``unrecognized arguments: a<newline>b``) verbatim."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, f"error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("verify", parents=[common], help="check the hash chain and replay every transition")
 
+    fol = sub.add_parser("follow", parents=[common],
+                         help="tail the log read-only, keeping a live replayed view; reports the lag")
+    fol.add_argument("--interval", type=pos_float, default=0.2, metavar="S", help="seconds between polls")
+    fol.add_argument("--until-position", type=pos_int, default=None, metavar="N", help="stop once N is applied")
+    fol.add_argument("--from-start", action="store_true",
+                     help="begin with an empty view and apply the whole log (default: from its head)")
+    fol.add_argument("--idle-timeout", type=pos_float, default=None, metavar="S",
+                     help="stop after S seconds with nothing new")
     tel = sub.add_parser("telemetry", help="telemetry streams")
     tel_sub = tel.add_subparsers(dest="telemetry_command", required=True, parser_class=_Parser)
     tail = tel_sub.add_parser("tail", parents=[common], help="print telemetry packets from Redis as they arrive")
@@ -146,6 +160,8 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
         return _bench(args)
     if args.command == "telemetry":
         return _tail(args)
+    if args.command == "follow":
+        return _follow(args, url)
     raise AssertionError(args.command)  # pragma: no cover - argparse guarantees a known command
 
 
@@ -184,6 +200,40 @@ def _demo(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callable[
         out.print(render_demo(report), markup=False, highlight=False, soft_wrap=True)
 
     return report.to_dict(), show, 0
+
+
+def _follow(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callable[..., None], int]:
+    """A line (or a JSON object) per transition or refusal as it arrives; the lag at the end."""
+    from kasmina.events import open_store
+    from kasmina.follow import Follower
+    from kasmina.lifecycle import events as ev
+
+    with open_store(url) as store:
+        follower = Follower(store, interval_s=args.interval, from_start=args.from_start)
+        for batch in follower.follow(until_position=args.until_position, idle_timeout_s=args.idle_timeout):
+            for e in batch:
+                if e.type not in (ev.STAGE_CHANGED, ev.COMMAND_REFUSED, ev.GATE_FAILED):
+                    continue
+                line = {"position": e.position, "seed": e.stream_id, "type": e.type, "step": e.data.get("step"),
+                        "from": e.data.get("from_stage"), "to": e.data.get("to_stage"),
+                        "reason": e.data.get("reason")}
+                if args.json:
+                    print(json.dumps(line), flush=True)
+                else:
+                    move = f"{line['from']} -> {line['to']}" if line["to"] else e.type
+                    print(f"{e.position:>8} {e.stream_id:<24} {move:<28} {line['reason'] or ''}", flush=True)
+        summary = {**follower.lag.to_dict(), "seeds": len(follower.seeds), "digest": follower.digest}
+    printed = args.json
+    if printed:
+        print(json.dumps(summary), flush=True)
+        args.json = False  # already printed
+
+    def show(out: Any, data: dict[str, Any]) -> None:
+        out.print(f"followed {data['applied']} events to position {data['position']} (head {data['head']}); "
+                  f"lag last {data['lag_last_ms']} ms, max {data['lag_max_ms']} ms, mean {data['lag_mean_ms']} ms; "
+                  f"digest {data['digest'][:16]}", markup=False, highlight=False, soft_wrap=True)
+
+    return summary, (lambda out, data: None) if printed else show, 0
 
 
 def _tail(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None], int]:

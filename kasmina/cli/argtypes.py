@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 #: Upper bound on counts a user may ask for (steps, seeds, repeats).
 MAX_COUNT = 10_000_000
@@ -22,4 +23,15 @@ def pos_int(text: str) -> int:
     value = nonneg_int(text)
     if value < 1 or value > MAX_COUNT:
         raise argparse.ArgumentTypeError(f"expected a number in [1, {MAX_COUNT}], got {value}")
+    return value
+
+
+def pos_float(text: str) -> float:
+    """A finite number > 0 (seconds, intervals)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
