@@ -65,7 +65,7 @@ from kasmina.events import migrate, open_store
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOC_FILES: list[Path] = [*sorted((ROOT / "docs").glob("*.md")), README]
-#: Pages this issue ships; if the glob stops finding them, the harness is broken, not the docs.
+#: Pages that must be found; if the glob misses them, the harness is broken, not the docs.
 SHIPPED = ("architecture.md", "lifecycle.md", "blending.md", "runbook.md", "audit.md", "postgres.md",
            "event-log.md", "executor.md", "telemetry.md", "benchmarks.md")
 
@@ -382,7 +382,8 @@ def test_harness_reads_blocks_with_lines_and_rejects_unclosed_fences() -> None:
 
 def test_harness_reads_commands_and_expected_exit_status() -> None:
     (block,) = _parse("```console\n$ kasmina verify\nok\n$ kasmina verify --db x  # exit 1\n```\n")
-    assert console_commands(block) == [Command(2, "kasmina verify", 0), Command(4, "kasmina verify --db x  # exit 1", 1)]
+    assert console_commands(block) == [Command(2, "kasmina verify", 0),
+                                       Command(4, "kasmina verify --db x  # exit 1", 1)]
     with pytest.raises(FenceError, match="continue onto the next line"):
         console_commands(_parse("```console\n$ kasmina audit \\\n  --json\n```\n")[0])
     with pytest.raises(FenceError, match="without a '\\$ ' command"):
