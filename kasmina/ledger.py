@@ -64,6 +64,16 @@ class Ledger:
         ledger.position = replayed.position
         return ledger
 
+    def reload(self, seed_ids: Iterable[str]) -> list[str]:
+        """Rebuild these seeds from the log (after a conflict); returns those that changed."""
+        changed = []
+        for seed_id in seed_ids:
+            fresh = replay_seed(self.store, seed_id)
+            if fresh != self.state(seed_id):
+                self.seeds[seed_id] = fresh
+                changed.append(seed_id)
+        return changed
+
     def catch_up(self, upto: int | None = None) -> list[RecordedEvent]:
         """Fold what others appended since :attr:`position` (up to ``upto``); returns it.
 
@@ -142,9 +152,24 @@ class Ledger:
         return Outcome(not result.duplicate, "recorded", result.events, result.duplicate)
 
     def _record(self, state: SeedState, decision: Decision, command_id: str | None) -> Outcome:
+        """Record a decision only if ``state`` is still the seed's stored state.
+
+        Accepted events are appended at the seed's version. A refusal goes to the executor
+        stream together with an empty append at the seed's version, in one transaction, so
+        it fails the same way (``StaleVersion``, nothing written) when another writer moved
+        the seed: a refusal decided on a stale state may be wrong (the command may be legal
+        by now), and its recorded ``stage`` would contradict the log. A no-op writes nothing,
+        but is checked against the stored version for the same reason.
+        """
         if decision.refusal is not None:
-            return self.refuse(decision.refusal, command_id=command_id)
+            guard = PendingAppend(state.seed_id, [], expected_version=state.version)
+            refusal = PendingAppend(ev.EXECUTOR_STREAM, _new([decision.refusal]), command_id=command_id)
+            _, result = self._append([guard, refusal])
+            return Outcome(False, decision.reason, result.events, result.duplicate)
         if not decision.events:
+            stored = self.store.stream_version(state.seed_id)
+            if stored != state.version:
+                raise StaleVersion(state.seed_id, state.version, stored)
             return Outcome(True, "no change")
         (result,) = self._append([PendingAppend(state.seed_id, _new(decision.events),
                                                 expected_version=state.version, command_id=command_id)])

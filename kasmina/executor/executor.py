@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from kasmina import leyline
 from kasmina.annotations import parse_blend_annotations
 from kasmina.catalogue import Catalogue, FetchError, seed_generator
-from kasmina.errors import KasminaError, StoreError
+from kasmina.errors import KasminaError, StaleVersion, StoreError
 from kasmina.events import EventStore, RecordedEvent
 from kasmina.executor import checkpoint as checkpoints
 from kasmina.executor.checkpoint import Checkpoint, Restored
@@ -479,6 +479,12 @@ class Executor:
                 self._facts.clear()
                 self.last_error = e
                 recorded = []
+                if isinstance(e, StaleVersion):
+                    # Another writer (or a commit whose answer was lost with the connection)
+                    # moved a seed on: take the log's word for it, then decide again next step.
+                    with suppress(StoreError):
+                        for name in self.ledger.reload(self.sites):
+                            self._reconcile(name)
         self._follow_state(recorded)
         due = self.telemetry.metrics_due(self._step)
         self.telemetry.flush(step=self._step, metrics=self.telemetry_metrics() if due else None)
