@@ -75,6 +75,31 @@ def test_audit_summary_and_read_only_query(simulated: str, capsys: pytest.Captur
     assert code == EXIT_USER_ERROR and err.startswith("error: audit --query runs read-only")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_audit_query_is_passed_as_written_and_its_errors_are_one_line(
+        backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> None:
+    if backend == "sqlite":
+        url = request.getfixturevalue("simulated")
+    else:
+        from kasmina.events import migrate
+
+        url = request.getfixturevalue("pg_url")
+        migrate.upgrade(url)
+    ok = [("SELECT ':x' AS a, '50%' AS b", [[":x", "50%"]]),
+          ("-- a comment first\n/* and a block */ SELECT 1 AS one", [[1]])]
+    for query, rows in ok:
+        code, out, err = run_cli(capsys, "audit", "--db", url, "--json", "--query", query)
+        assert code == 0, err
+        assert json.loads(out)["rows"] == rows
+    for query, needle in [("SELECT nope FROM seed_transitions", "audit query failed"),
+                          ("SELECT 1; DELETE FROM kasmina_events", "audit query failed"),
+                          ("-- sneaky\nDELETE FROM kasmina_events", "read-only queries only")]:
+        code, out, err = run_cli(capsys, "audit", "--db", url, "--query", query)
+        assert code == EXIT_USER_ERROR and out == "", err
+        assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
+        assert "unavailable" not in err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["replay", "--db", "not a url"], "malformed database URL"),
     (["verify", "--db", "mysql://u@h/db"], "unsupported database 'mysql'"),

@@ -103,6 +103,9 @@ def verify(url: str) -> dict[str, Any]:
 
 
 def _query(store: EventStore, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    """Rows of a read-only query. ``params`` given: Kasmina's own SQL with bound parameters;
+    none: a user's query, passed to the driver as written (a ``:word`` or ``%`` in it is
+    text, not a placeholder), and any error in it is one line, not "database unavailable"."""
     from sqlalchemy import text
 
     from kasmina.events.sql import SQLEventStore
@@ -115,19 +118,52 @@ def _query(store: EventStore, sql: str, params: dict[str, Any] | None = None) ->
         else:
             conn.exec_driver_sql("PRAGMA query_only = ON")
         try:
-            result = conn.execute(text(sql), params or {})
-            return list(result.keys()), [tuple(r) for r in result]
+            if params is not None:
+                result = conn.execute(text(sql), params)
+                return list(result.keys()), [tuple(r) for r in result]
+            return _user_query(conn, sql)
         finally:
-            if conn.dialect.name != "postgresql":
+            if conn.dialect.name != "postgresql" and not conn.invalidated:
                 conn.exec_driver_sql("PRAGMA query_only = OFF")
+
+
+def _user_query(conn: Any, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run a user's query on the driver's own cursor: with no parameters there are no
+    placeholders, so ``:word`` and ``%`` are plain text; a mistake in it is one line."""
+    dbapi = conn.dialect.loaded_dbapi
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql)
+        columns = [d[0] for d in cursor.description or ()]
+        return columns, [tuple(r) for r in cursor.fetchall()]
+    except (dbapi.ProgrammingError, dbapi.DataError, dbapi.NotSupportedError, dbapi.IntegrityError,
+            dbapi.InternalError, dbapi.Warning) as e:
+        raise KasminaError(f"audit query failed: {' '.join(str(e).split()) or type(e).__name__}") from e
+    except dbapi.OperationalError as e:
+        if conn.dialect.name == "sqlite":  # sqlite3 reports query mistakes as OperationalError
+            raise KasminaError(f"audit query failed: {' '.join(str(e).split())}") from e
+        raise
+    finally:
+        cursor.close()
+
+
+def _without_leading_comments(sql: str) -> str:
+    """The query after any leading ``-- ...`` lines and ``/* ... */`` blocks."""
+    text = sql.lstrip()
+    while text.startswith(("--", "/*")):
+        end = text.find("\n") if text.startswith("--") else text.find("*/")
+        if end < 0:
+            return ""
+        text = text[end + (1 if text.startswith("--") else 2):].lstrip()
+    return text
 
 
 def audit(url: str, query: str | None = None) -> dict[str, Any]:
     """A summary from the shipped views, or the rows of a read-only SQL query."""
     with open_store(url) as store:
         if query is not None:
-            if not query.strip().lower().startswith(_READ_ONLY_STARTS):
-                raise KasminaError("audit --query runs read-only SELECT/WITH queries only")
+            if not _without_leading_comments(query).lower().startswith(_READ_ONLY_STARTS):
+                raise KasminaError("audit --query runs read-only queries only (SELECT, WITH or EXPLAIN)")
             columns, rows = _query(store, query)
             return {"columns": columns, "rows": [list(map(_plain, r)) for r in rows]}
         _, seeds = _query(store, "SELECT seed_id, stage, generation, since_step, since_position "
