@@ -14,6 +14,7 @@ the seed from the log, not stay stale.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -95,14 +96,21 @@ def test_commands_refuse_and_training_goes_on_while_the_database_is_away(pg_url:
         assert (result.accepted, result.reason) == (False, "store_unavailable")
         assert "unavailable" in result.detail and "\n" not in result.detail
         assert ex.sites["classifier.1"].seed is None  # nothing carried out
-        _train(model, opt, ex, 12)  # the blend would end in here: the transition cannot be recorded
+        errors = set()
+        for _ in range(12):  # the blend would end in here: the transition cannot be recorded
+            _train(model, opt, ex, 1)
+            errors.add(id(ex.last_error))
         assert ex.last_error is not None and "unavailable" in str(ex.last_error)
+        assert len(errors) < 12  # backoff: not one connection attempt per step
         assert ex.seed("features.2").stage == "BLENDING"  # the last replayed state
         assert ex.seed("features.2").alpha >= alpha_before  # alpha still follows the step
         assert all(torch.isfinite(p).all() for p in model.parameters())
 
         outage.end()
-        _train(model, opt, ex, 1)
+        deadline = time.monotonic() + 10
+        while ex.last_error is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the backoff (0.5 s after one failed attempt) runs out
+            _train(model, opt, ex, 1)
         assert ex.last_error is None
         assert ex.seed("features.2").stage == "SHADOWING"  # recorded as soon as the log is back
         again = ex.handle(late)  # the same command: it was never recorded, so it is not a replay

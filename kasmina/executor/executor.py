@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from kasmina import leyline
 from kasmina.annotations import parse_blend_annotations
 from kasmina.catalogue import Catalogue, FetchError, seed_generator
-from kasmina.errors import KasminaError, StaleVersion, StoreError
+from kasmina.errors import KasminaError, StaleVersion, StoreError, StoreUnavailable
 from kasmina.events import EventStore, RecordedEvent
 from kasmina.executor import checkpoint as checkpoints
 from kasmina.executor.checkpoint import Checkpoint, Restored
@@ -80,6 +80,8 @@ UNSUPPORTED = "unsupported_command"
 UNKNOWN_SITE = "unknown_site"
 MALFORMED = "malformed_command"
 STORE_UNAVAILABLE = "store_unavailable"
+#: Backoff between a step's attempts to reach an unavailable log (seconds, doubling).
+MIN_BACKOFF_S, MAX_BACKOFF_S = 0.5, 30.0
 #: Largest payload ``Executor.note`` records (an audit note, not a data dump).
 MAX_NOTE_BYTES = 16_384
 
@@ -156,6 +158,9 @@ class Executor:
         self._facts: list[tuple[str, ev.Event]] = []
         self._fused_warm: set[tuple[torch.device, torch.dtype]] = set()
         self.last_error: StoreError | None = None
+        #: While the log is unreachable, steps leave it alone until this time (backoff).
+        self._retry_at = 0.0
+        self._backoff_s = 0.0
         self._step = self._restored_step()
         self._rebuild_nonces()
         for name in self.sites:
@@ -462,23 +467,30 @@ class Executor:
         Metrics may be floats or tensors; a tensor is only read (a device sync) when a gate
         that uses it falls due. If the log cannot be written, the step still completes with
         the last recorded state (no stage changes this step) and the error is kept in
-        :attr:`last_error`: training never stops because the database did. A follower only
+        :attr:`last_error`: training never stops because the database did. After an
+        unavailable log, steps leave it alone for a backoff (0.5 s, doubling to 30 s), so a
+        connect timeout is paid once per backoff, not once per step. A follower only
         advances its step and alpha here; its decisions arrive through :meth:`sync`.
         """
         if metrics:
             self._metrics.update({str(k): v for k, v in metrics.items()})
         self._step += 1
         recorded: list[RecordedEvent] = []
-        if self.leader:
+        if self.leader and time.monotonic() >= self._retry_at:
             try:
                 self._record_baselines()
                 recorded = self.ledger.tick(self._step, self._measure, seed_ids=self.sites)
                 self._flush_facts()
                 self.last_error = None
+                self._backoff_s = 0.0
             except StoreError as e:
                 self._facts.clear()
                 self.last_error = e
                 recorded = []
+                if isinstance(e, StoreUnavailable):
+                    # Each try may wait for a connect timeout: the steps in between must not.
+                    self._backoff_s = min(MAX_BACKOFF_S, max(MIN_BACKOFF_S, 2 * self._backoff_s))
+                    self._retry_at = time.monotonic() + self._backoff_s
                 if isinstance(e, StaleVersion):
                     # Another writer (or a commit whose answer was lost with the connection)
                     # moved a seed on: take the log's word for it, then decide again next step.
