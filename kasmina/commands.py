@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kasmina import leyline
 from kasmina.security.signing import KEY_ID_ANNOTATION, SIGNATURE_ANNOTATION
+from kasmina.security.verify import MAX_COMMAND_ID_CHARS
 
 __all__ = [
     "COMMAND_VERSION", "DEFAULT_ISSUER",
@@ -51,6 +52,15 @@ def _string(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {type(value).__name__}")
     return value
+
+
+def _command_id(value: object) -> str:
+    """A nonce the verifier will accept and the log can store (see MAX_COMMAND_ID_CHARS)."""
+    text = _non_empty("command_id", value)
+    if len(text) > MAX_COMMAND_ID_CHARS or "\x00" in text:
+        raise ValueError(f"command_id must be at most {MAX_COMMAND_ID_CHARS} characters without NUL, "
+                         f"got {len(text)} characters")
+    return text
 
 
 def _floats(name: str, values: Mapping[str, float] | None) -> dict[str, float]:
@@ -129,7 +139,7 @@ def _envelope(command_type: int, *, target_seed_id: str = "", annotations: Mappi
               issued_at: datetime | float | int | Timestamp | None) -> leyline.AdaptationCommand:
     cmd = leyline.AdaptationCommand(
         version=COMMAND_VERSION,
-        command_id=uuid.uuid4().hex if command_id is None else _non_empty("command_id", command_id),
+        command_id=uuid.uuid4().hex if command_id is None else _command_id(command_id),
         command_type=command_type,  # type: ignore[arg-type]
         target_seed_id=target_seed_id,
         issued_by=_string("issued_by", issued_by),

@@ -26,6 +26,7 @@ from kasmina.security.verify import (
     MAX_ANNOTATION_VALUE_CHARS,
     MAX_ANNOTATIONS,
     MAX_COMMAND_BYTES,
+    MAX_COMMAND_ID_CHARS,
     MAX_NONCES,
     MISSING_COMMAND_ID,
     MISSING_SIGNATURE,
@@ -49,7 +50,8 @@ __all__ = [
     "Keyring", "KeyConfigError", "parse_secrets", "ENV_SECRET", "ENV_SECRETS",
     # verification
     "Verifier", "NonceLedger", "VerifierLimits", "DEFAULT_LIMITS",
-    "MAX_COMMAND_BYTES", "MAX_ANNOTATION_VALUE_CHARS", "MAX_ANNOTATIONS", "MAX_NONCES",
+    "MAX_COMMAND_BYTES", "MAX_ANNOTATION_VALUE_CHARS", "MAX_ANNOTATIONS", "MAX_COMMAND_ID_CHARS",
+    "MAX_NONCES",
     # reasons
     "REASONS", "REASON_MESSAGES",
     "VERIFIER_UNAVAILABLE", "OVERSIZED_COMMAND", "MISSING_SIGNATURE", "UNKNOWN_KEY",

@@ -9,14 +9,16 @@ first failure wins:
 
 1. ``verifier_unavailable``: the keyring is empty. Fail closed: every command is refused.
 2. ``oversized_command``: more than :data:`MAX_ANNOTATIONS` annotations, an annotation
-   value longer than :data:`MAX_ANNOTATION_VALUE_CHARS` characters, or a serialized size
-   above :data:`MAX_COMMAND_BYTES`. Checked before the HMAC so a huge message costs nothing.
+   value longer than :data:`MAX_ANNOTATION_VALUE_CHARS` characters, a ``command_id``
+   longer than :data:`MAX_COMMAND_ID_CHARS` characters, or a serialized size above
+   :data:`MAX_COMMAND_BYTES`. Checked before the HMAC so a huge message costs nothing.
 3. ``missing_signature``: no (or an empty) ``annotations["signature"]``.
 4. ``unknown_key``: ``annotations["key_id"]`` names a key the keyring does not hold, or
    the command names no key and the keyring has neither a plain nor a default key.
 5. ``invalid_signature``: the signature is not the base64 HMAC of the signed payload
    (covers bad base64, wrong key, and any field changed after signing).
-6. ``missing_command_id``: ``command_id`` is empty; it is the nonce.
+6. ``missing_command_id``: ``command_id`` is empty or holds a NUL character (which no
+   log can store: PostgreSQL text refuses it); it is the nonce.
 7. ``nonce_replayed``: the ``command_id`` is in the :class:`NonceLedger` (within its TTL).
 8. ``missing_timestamp``: ``issued_at`` is unset.
 9. ``issued_in_future``: ``issued_at`` more than ``future_skew_s`` ahead of the clock.
@@ -60,6 +62,20 @@ from kasmina.security.signing import KEY_ID_ANNOTATION, SIGNATURE_ANNOTATION, si
 
 logger = logging.getLogger(__name__)
 
+# -- bounds -------------------------------------------------------------------------------
+#: Largest accepted ``cmd.ByteSize()`` (64 KiB); real commands are a few hundred bytes.
+MAX_COMMAND_BYTES = 64 * 1024
+#: Longest accepted annotation value, in characters (Tamiyo's alpha_vec JSON is <= 1024).
+MAX_ANNOTATION_VALUE_CHARS = 4096
+#: Most annotations accepted on one command.
+MAX_ANNOTATIONS = 64
+#: Longest accepted ``command_id``, in characters: the log's ``command_id`` column is
+#: VARCHAR(255), and a longer id could not be recorded (PostgreSQL refuses the row).
+MAX_COMMAND_ID_CHARS = 255
+#: Most command ids a :class:`NonceLedger` holds; beyond it the entries closest to expiry
+#: are evicted. Reaching it needs > 1M accepted commands per TTL (3,333/s at 300 s).
+MAX_NONCES = 1_000_000
+
 # -- refusal reasons (the one definition) -------------------------------------------------
 VERIFIER_UNAVAILABLE = "verifier_unavailable"
 OVERSIZED_COMMAND = "oversized_command"
@@ -81,28 +97,18 @@ REASONS: tuple[str, ...] = (
 REASON_MESSAGES: dict[str, str] = {
     VERIFIER_UNAVAILABLE: "no command signing key is configured (set KASMINA_SECRET or "
                           "KASMINA_SECRETS); every command is refused",
-    OVERSIZED_COMMAND: "the command exceeds the size limits (serialized bytes, annotation "
-                       "count or annotation value length)",
+    OVERSIZED_COMMAND: f"the command exceeds a size limit: {MAX_COMMAND_BYTES} serialized bytes, "
+                       f"{MAX_ANNOTATIONS} annotations, {MAX_ANNOTATION_VALUE_CHARS} characters per "
+                       f"annotation value, {MAX_COMMAND_ID_CHARS} characters of command_id",
     MISSING_SIGNATURE: "the command carries no annotations['signature']",
     UNKNOWN_KEY: "the command's key_id is not in the keyring (or no default key exists)",
     INVALID_SIGNATURE: "the signature does not match the command (wrong key or tampered)",
-    MISSING_COMMAND_ID: "the command has no command_id (its nonce)",
+    MISSING_COMMAND_ID: "the command has no usable command_id (its nonce): empty, or holding a NUL character",
     NONCE_REPLAYED: "this command_id was already executed (replay)",
     MISSING_TIMESTAMP: "the command has no issued_at timestamp",
     STALE_COMMAND: "the command was issued too long ago",
     ISSUED_IN_FUTURE: "the command's issued_at is too far in the future (clock skew)",
 }
-
-# -- bounds -------------------------------------------------------------------------------
-#: Largest accepted ``cmd.ByteSize()`` (64 KiB); real commands are a few hundred bytes.
-MAX_COMMAND_BYTES = 64 * 1024
-#: Longest accepted annotation value, in characters (Tamiyo's alpha_vec JSON is <= 1024).
-MAX_ANNOTATION_VALUE_CHARS = 4096
-#: Most annotations accepted on one command.
-MAX_ANNOTATIONS = 64
-#: Most command ids a :class:`NonceLedger` holds; beyond it the entries closest to expiry
-#: are evicted. Reaching it needs > 1M accepted commands per TTL (3,333/s at 300 s).
-MAX_NONCES = 1_000_000
 
 DEFAULT_NONCE_TTL_S = 300.0
 DEFAULT_FRESHNESS_S = 60.0
@@ -116,10 +122,11 @@ class VerifierLimits:
     max_command_bytes: int = MAX_COMMAND_BYTES
     max_annotation_value_chars: int = MAX_ANNOTATION_VALUE_CHARS
     max_annotations: int = MAX_ANNOTATIONS
+    max_command_id_chars: int = MAX_COMMAND_ID_CHARS
 
     def exceeded_by(self, cmd: AdaptationCommand) -> bool:
         ann = cmd.annotations
-        if len(ann) > self.max_annotations:
+        if len(ann) > self.max_annotations or len(cmd.command_id) > self.max_command_id_chars:
             return True
         limit = self.max_annotation_value_chars
         if any(len(value) > limit for value in ann.values()):
@@ -279,7 +286,7 @@ class Verifier:
         # Byte comparison of the canonical base64 text: bad base64 simply does not match.
         if not hmac.compare_digest(expected, provided.encode("utf-8", "surrogatepass")):
             return INVALID_SIGNATURE
-        if not cmd.command_id:
+        if not cmd.command_id or "\x00" in cmd.command_id:
             return MISSING_COMMAND_ID
         now = self.clock()
         if self.ledger.seen(cmd.command_id, now=now):
