@@ -38,9 +38,25 @@ def redact(url: str | URL) -> str:
     """The URL with any password hidden, for messages and logs."""
     try:
         parsed = url if isinstance(url, URL) else make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<malformed URL>"
+    if any(key.lower() in _PASSWORD_KEYS for key in parsed.query):
+        parsed = parsed.set(query={k: "***" if k.lower() in _PASSWORD_KEYS else v for k, v in parsed.query.items()})
     return parsed.render_as_string(hide_password=True)
+
+
+#: Query parameters libpq reads a password from (``postgresql://h/db?password=...``).
+_PASSWORD_KEYS = frozenset({"password", "passwd", "pwd"})
+
+
+def _masked(text: str) -> str:
+    """A URL text that did not parse, with everything between ``scheme://`` and the last
+    ``@`` (where a ``user:password`` would be) shown as ``***``: its structure is unknown, so
+    all of it may be the password, and it must not reach a message."""
+    start = text.find("://")
+    start = 0 if start < 0 else start + 3
+    at = text.rfind("@")
+    return text if at < start else f"{text[:start]}***{text[at:]}"
 
 
 def parse(text: str) -> ParsedURL:
@@ -55,12 +71,12 @@ def parse(text: str) -> ParsedURL:
     try:
         url = make_url(text)
     except (ArgumentError, ValueError) as e:
-        raise BadDatabaseURL(f"malformed database URL {text!r}: {hint}") from e
+        raise BadDatabaseURL(f"malformed database URL {_masked(text)!r}: {hint}") from e
     driver = url.drivername.lower()
     if driver in _SQLITE:
         if not url.database or url.database == ":memory:":
             raise BadDatabaseURL(
-                f"SQLite URL {text!r} names no file: {hint} (use memory:// for a throwaway log)"
+                f"SQLite URL {_masked(text)!r} names no file: {hint} (use memory:// for a throwaway log)"
             )
         return ParsedURL("sqlite", url.set(drivername="sqlite+pysqlite"), text)
     if driver in _POSTGRES:
