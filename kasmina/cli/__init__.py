@@ -13,9 +13,9 @@ import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from kasmina.bench import flags as bench_flags
-from kasmina.cli.argtypes import nonneg_int, pos_float, pos_int
+from kasmina.cli.argtypes import nonneg_int, pos_float, pos_int, revision
 from kasmina.errors import KasminaError
-from kasmina.events.urls import ENV_VAR, default_url
+from kasmina.events.urls import ENV_VAR, default_url, parse
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="schema migrations")
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
     up = db_sub.add_parser("upgrade", parents=[common], help="create or upgrade the schema (alembic upgrade)")
-    up.add_argument("--revision", default="head")
+    up.add_argument("--revision", type=revision, default="head")
     down = db_sub.add_parser("downgrade", parents=[common], help="downgrade the schema ('base' drops the log)")
-    down.add_argument("revision")
+    down.add_argument("revision", type=revision)
     db_sub.add_parser("current", parents=[common], help="show the schema revision")
 
     sim = sub.add_parser("simulate", parents=[common], help="run synthetic seed lifecycles into the log")
@@ -133,6 +133,9 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
 
     url = args.db or default_url()
     if args.command == "db":
+        if parse(url).backend == "memory":
+            raise KasminaError("memory:// is a throwaway log without a schema: db commands need "
+                               "sqlite:///PATH or postgresql://...")
         fn = {"upgrade": lambda: commands.db_upgrade(url, args.revision),
               "downgrade": lambda: commands.db_downgrade(url, args.revision),
               "current": lambda: commands.db_current(url)}[args.db_command]

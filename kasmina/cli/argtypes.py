@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 #: Upper bound on counts a user may ask for (steps, seeds, repeats).
 MAX_COUNT = 10_000_000
@@ -35,3 +36,16 @@ def pos_float(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
+
+
+#: What ``kasmina db upgrade --revision`` / ``downgrade`` take: ``head``, ``heads``, ``base``,
+#: a revision id (or its prefix), or a relative step such as ``-1``. Alembic asserts, rather
+#: than raising its CommandError, on other shapes ('', '@', 'head-1', 'x@', 'base+0').
+_REVISION = re.compile(r"[A-Za-z0-9_]+|[+-][0-9]{1,6}")
+
+
+def revision(text: str) -> str:
+    if not _REVISION.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"expected head, base, a revision id or a relative step such as -1, got {text!r}")
+    return text
