@@ -325,12 +325,13 @@ class Executor:
 
     def _refuse(self, reason: str, command: leyline.AdaptationCommand | None, detail: str, *,
                 verified: bool, **extra: Any) -> Result:
-        seed_id = command.target_seed_id or None if command is not None else None
+        # Untrusted text, NUL escaped: PostgreSQL's ->> (the audit views) cannot read a \u0000.
+        seed_id = command.target_seed_id.replace("\x00", "\\x00") or None if command is not None else None
         data: dict[str, Any] = {"command_type": leyline.CommandType.Name(command.command_type)
                                 if command is not None and command.command_type in leyline.CommandType.values()
                                 else None, **extra}
         if command is not None:
-            data["command_id"] = command.command_id[:255]
+            data["command_id"] = command.command_id[:255].replace("\x00", "\\x00")
         event = ev.refused(reason, seed_id=seed_id, detail=detail, **data)
         # An unverified command's id is not trusted: recording it as the command id would
         # let a forged command block the genuine one, so it is kept in the payload only.
