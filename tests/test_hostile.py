@@ -316,9 +316,6 @@ breaks = st.sampled_from(["\n", "\r\n", "\r", "\u2028", "\u2029", "\x85", "\x0b"
 any_text = st.one_of(st.text(_chars, max_size=24),
                      st.builds(lambda a, brk, b: a + brk + b, st.text(_chars, max_size=8), breaks,
                                st.text(_chars, max_size=8)))
-#: Parameter keys: any text except line breaks, whose echo in a G0 refusal is a known bug
-#: (test_known_bug_parameter_key_with_a_line_break_breaks_the_refusal_detail below).
-one_line_text = st.text(_chars, max_size=24).filter(one_line)
 huge_text = st.builds(lambda s, n: (s * n)[:n], st.text(_chars, min_size=1, max_size=3), st.integers(200, 70_000))
 ids = st.one_of(st.sampled_from(SITES), any_text, huge_text,
                 st.sampled_from(["", " ", "features.2\n", "classifier.1\x00", "$executor", "ｆｅａｔｕｒｅｓ.2",
@@ -377,7 +374,7 @@ def adaptation_commands(draw: st.DrawFn) -> leyline.AdaptationCommand:
         op.blueprint_id = _often(draw, st.sampled_from([*BLUEPRINTS.values(), "leaky", "goes_nan"]), any_text)
         parameters = _often(draw, st.dictionaries(st.sampled_from(list(FAST)), st.integers(1, 5).map(float),
                                                   max_size=3),
-                            st.dictionaries(st.one_of(st.sampled_from(list(FAST)), one_line_text), floats,
+                            st.dictionaries(st.one_of(st.sampled_from(list(FAST)), any_text), floats,
                                             max_size=6))
         for key, value in parameters.items():
             op.parameters[key] = value
@@ -501,13 +498,14 @@ def _blend_annotations() -> st.SearchStrategy[dict[str, str]]:
 #: Germinate parameters: the fast dwell values, sometimes with hostile keys and numbers mixed in.
 hostile_parameters = st.one_of(
     st.just(FAST),
-    st.dictionaries(st.one_of(st.sampled_from(list(FAST)), one_line_text), floats, min_size=1, max_size=4)
+    st.dictionaries(st.one_of(st.sampled_from(list(FAST)), any_text), floats, min_size=1, max_size=4)
     .map(lambda extra: {**FAST, **extra}))
 
 
 def test_signed_germinate_with_hostile_annotations_and_parameters(template: Path, tmp_path: Path) -> None:
     """A signed GERMINATE with any blend annotations is accepted (or, with a value over the
-    bound, refused oversized_command; with a bad parameter, refused by G0 or as an invalid
+    bound, refused oversized_command; with a NUL anywhere, malformed_command; with a bad
+    parameter, refused by G0 or as an invalid
     dwell); every annotation problem is an annotation_warning event naming the key and the
     blend falls back to CONVEX (as docs/blending.md says); and the seed then trains and
     blends with finite outputs."""
@@ -525,6 +523,11 @@ def test_signed_germinate_with_hostile_annotations_and_parameters(template: Path
             result = handle(r, sign(cmd, SECRET))
             if any(len(v) > MAX_ANNOTATION_VALUE_CHARS for v in blend.values()):
                 assert_refused_and_nothing_else(r, before, result, frozenset({OVERSIZED_COMMAND}))
+                return
+            if any("\x00" in text for text in [*blend, *blend.values(), *parameters]):
+                # Signed or not, no NUL reaches the log (PostgreSQL could not return it as text).
+                assert_refused_and_nothing_else(r, before, result, frozenset({"malformed_command"}))
+                assert "NUL character" in result.detail
                 return
             if not result.accepted:
                 assert parameters is not FAST, result
@@ -555,11 +558,9 @@ def test_signed_germinate_with_hostile_annotations_and_parameters(template: Path
     check()
 
 
-@pytest.mark.xfail(strict=True, reason="kasmina/lifecycle/gates.py (G0) writes a parameter's key unquoted "
-                   "into the refusal detail; not this suite's module to change: its owner should use {key!r}")
-def test_known_bug_parameter_key_with_a_line_break_breaks_the_refusal_detail(run: Run) -> None:
-    """A signed GERMINATE whose parameter key holds a line break, with a non-finite value:
-    the gate_failed refusal's detail is two lines ('parameter a<newline>b is not finite')."""
+def test_parameter_key_with_a_line_break_is_quoted_in_the_refusal_detail(run: Run) -> None:
+    """Bug: a signed GERMINATE whose parameter key holds a line break, with a non-finite
+    value, gave a two-line detail ('parameter a<newline>b is not finite'); G0 quotes it now."""
     cmd = commands.germinate("classifier.1", BLUEPRINTS["classifier.1"])
     cmd.seed_operation.parameters["a\nb"] = math.inf
     before = snapshot(run)
@@ -716,6 +717,32 @@ def test_unsigned_commands_cannot_make_the_postgres_audit_views_unreadable(
                               "SELECT seed_id, reason, detail FROM command_refusals"], capsys)
     assert code == 0, err
     assert ["a\\x00b", MISSING_SIGNATURE] in [row[:2] for row in json.loads(out)["rows"]]
+
+
+def test_signed_text_with_a_nul_is_refused_so_the_postgres_views_stay_readable(
+        pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug: a key holder's cull with a NUL in its reason annotation was accepted; the reason
+    became the stage change's reason and PostgreSQL could no longer read seed_transitions.
+    Any NUL in a signed command's text (annotations, seed id, blueprint, parameter keys) is
+    now a malformed_command refusal naming the field."""
+    r = open_pg_run(pg_url)
+    try:
+        site = SITES[0]
+        assert handle(r, sign(commands.germinate(site, BLUEPRINTS[site], parameters=FAST), SECRET)).accepted
+        for cmd, field in [(commands.cull(site, "bad\x00reason"), "annotations"),
+                           (commands.germinate(site, BLUEPRINTS[site], annotations={"blend_mode\x00": "CONVEX"}),
+                            "annotations key")]:
+            before = snapshot(r)
+            result = handle(r, sign(cmd, SECRET))
+            assert_refused_and_nothing_else(r, before, result, frozenset({"malformed_command"}))
+            assert result.detail.startswith(f"NUL character in {field}")
+    finally:
+        r.ex.close()
+    for query in ("SELECT seed_id, to_stage, reason FROM seed_transitions",
+                  "SELECT seed_id, reason, detail FROM command_refusals"):
+        code, out, err = run_cli(["audit", "--db", pg_url, "--json", "--query", query], capsys)
+        assert code == 0, err
+        assert json.loads(out)["rows"]
 
 
 # =========================================================================================

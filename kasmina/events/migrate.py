@@ -50,6 +50,8 @@ def _run(url: str, action: str, revision: str, create: bool) -> None:
                 getattr(command, action)(_config(url, conn), revision)
             except CommandError as e:
                 raise SchemaMismatch(f"db {action} {revision}: {e}") from e
+            except AssertionError as e:  # alembic asserts on some malformed revision strings
+                raise SchemaMismatch(f"db {action}: {revision!r} is not a revision alembic can resolve") from e
             conn.commit()
     finally:
         store.close()

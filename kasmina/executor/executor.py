@@ -316,6 +316,12 @@ class Executor:
             reason = self.verifier.check(command)
             if reason is not None:
                 return self._refuse(reason, command, _why(reason), verified=False)
+            field = _nul_field(command)
+            if field is not None:
+                # Even a signed text may not hold a NUL: PostgreSQL cannot return one as
+                # text, so a single one in the log would break the audit views for good.
+                return self._refuse(MALFORMED, command, f"NUL character in {field}; command text may not hold NUL",
+                                    verified=True)
             result = self._dispatch(command)
             self.verifier.remember(command.command_id)
             return result
@@ -718,6 +724,29 @@ def _result(outcome: Outcome) -> Result:
     refusal = next((e for e in outcome.events if e.type == ev.COMMAND_REFUSED), None)
     detail = str(refusal.data.get("detail", "")) if refusal is not None else ""
     return Result(outcome.accepted, outcome.reason, detail, tuple(e.position for e in outcome.events))
+
+
+def _nul_field(message: Any, prefix: str = "") -> str | None:
+    """The first string field (map keys included) of ``message`` holding a NUL, if any."""
+    for field, value in message.ListFields():
+        name = f"{prefix}{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    return f"{name} key"
+                found = (("\x00" in item and name) if isinstance(item, str)
+                         else _nul_field(item, f"{name}.") if hasattr(item, "ListFields") else None)
+                if found:
+                    return found
+        elif field.type == field.TYPE_STRING:
+            if any("\x00" in v for v in (value if field.is_repeated else [value])):
+                return name
+        elif field.type == field.TYPE_MESSAGE:
+            for item in value if field.is_repeated else [value]:
+                found = _nul_field(item, f"{name}.")
+                if found:
+                    return found
+    return None
 
 
 def _why(reason: str) -> str:

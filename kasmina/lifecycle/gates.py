@@ -121,14 +121,14 @@ def _g0(i: GateInputs) -> str | None:
         return "blueprint not in catalogue"
     for key, value in sorted(_need(i, "parameters").items()):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return f"parameter {key} is not a number"
+            return f"parameter {key!r} is not a number"
         if not math.isfinite(value):
-            return f"parameter {key} is not finite"
+            return f"parameter {key!r} is not finite"
         if abs(value) > PARAMETER_LIMIT:
-            return f"parameter {key} out of bounds (|{value}| > {PARAMETER_LIMIT:g})"
+            return f"parameter {key!r} out of bounds (|{value}| > {PARAMETER_LIMIT:g})"
         low, high = (i.parameter_bounds or {}).get(key, (-PARAMETER_LIMIT, PARAMETER_LIMIT))
         if not low <= value <= high:
-            return f"parameter {key}={value:g} out of bounds [{low:g}, {high:g}]"
+            return f"parameter {key!r}={value:g} out of bounds [{low:g}, {high:g}]"
     return None
 
 
