@@ -1,8 +1,12 @@
 """Fused Triton blend kernels (WP-K4): same results as the eager reference, same gradients.
 
-The GPU tests need CUDA and Triton and are skipped without them; the eager path they compare
-against is ``blend(..., stats=BlendStats())`` (stats always take the eager path), which
-``tests/test_blend.py`` checks against the SPEC formulas. The tests at the top run anywhere.
+The kernel tests run on CUDA when there is a GPU, and otherwise on the CPU in Triton's
+interpreter (``TRITON_INTERPRET=1``, set for each of those tests only), so CI checks the
+kernels' results and gradients without a GPU; they are skipped only where Triton is not
+installed. The eager path they compare against is ``blend(..., stats=BlendStats())``
+(stats always take the eager path), which ``tests/test_blend.py`` checks against the SPEC
+formulas. Tests of what only a GPU has (compiled variants, host syncs, pre-warm) need
+CUDA. The tests at the top run anywhere.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import zlib
 
 import pytest
 import torch
@@ -59,9 +64,19 @@ def test_prewarm_without_cuda_is_a_no_op() -> None:
 # --------------------------------------------------------------------------- GPU
 
 _HAVE_TRITON = importlib.util.find_spec("triton") is not None
-gpu = pytest.mark.skipif(not (torch.cuda.is_available() and _HAVE_TRITON),
-                         reason="fused kernels need a CUDA device and Triton "
-                                f"(cuda={torch.cuda.is_available()}, triton={_HAVE_TRITON})")
+_CUDA = torch.cuda.is_available() and _HAVE_TRITON
+#: Where the kernel tests run: the GPU, else the CPU in Triton's interpreter.
+DEVICE = "cuda" if _CUDA else "cpu"
+gpu = pytest.mark.skipif(not _CUDA, reason="needs a CUDA device and Triton "
+                                           f"(cuda={torch.cuda.is_available()}, triton={_HAVE_TRITON})")
+kernels = pytest.mark.skipif(not _HAVE_TRITON, reason="the fused kernels need Triton (not installed)")
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_off_the_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernel tests without a GPU run in Triton's interpreter; no other test sees the switch."""
+    if DEVICE == "cpu" and request.node.get_closest_marker("kernel_test") is not None:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 DTYPES = [torch.float32, torch.bfloat16]
 # 1-D to 4-D; sizes chosen to not be multiples of the kernel's block (4096) or of 16.
@@ -71,7 +86,15 @@ SHAPES = [(C,), (5000,), (5, C), (3, 5000), (3, C, 7), (4, C, 5, 3), (2, C, 37, 
 
 
 def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    if dtype == torch.float32:
+        return dict(rtol=1e-6, atol=1e-6)
+    if DEVICE == "cpu":
+        # Triton's interpreter converts fp32 to bf16 by truncation, where GPUs round to
+        # nearest: its weights and outputs may be one bf16 step (2**-8 relative) off, which
+        # on |host - seed| up to ~24 (the scaled tests) is up to 2**-3.3 absolute. fp32
+        # above stays exact, so the kernels' logic is still checked to the last bit there.
+        return dict(rtol=2 ** -6, atol=2 ** -3)
+    return dict(rtol=1e-2, atol=1e-2)
 
 
 def _config(mode: BlendMode, channels: int, **kw: float) -> BlenderConfig:
@@ -88,10 +111,10 @@ def _is_fused(out: Tensor) -> bool:
 def _pair(shape: tuple[int, ...], dtype: torch.dtype, cfg: BlenderConfig, alpha: Tensor,
           scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(fused out, eager out, fused seed grad, eager seed grad, host) for one blend call."""
-    torch.manual_seed(hash((shape, str(dtype))) % 1000)
-    host = (torch.randn(shape, device="cuda") * scale).to(dtype).requires_grad_()
-    seed = (torch.randn(shape, device="cuda") * scale).to(dtype)
-    grad = torch.randn(shape, device="cuda").to(dtype)
+    torch.manual_seed(zlib.crc32(repr((shape, str(dtype))).encode()))  # hash() of a str varies per run
+    host = (torch.randn(shape, device=DEVICE) * scale).to(dtype).requires_grad_()
+    seed = (torch.randn(shape, device=DEVICE) * scale).to(dtype)
+    grad = torch.randn(shape, device=DEVICE).to(dtype)
     s1 = seed.clone().requires_grad_()
     s2 = seed.clone().requires_grad_()
     out = blend(host, s1, alpha, cfg)
@@ -103,7 +126,8 @@ def _pair(shape: tuple[int, ...], dtype: torch.dtype, cfg: BlenderConfig, alpha:
     return out, ref, s1.grad, s2.grad, host  # type: ignore[return-value]
 
 
-@gpu
+@kernels
+@pytest.mark.kernel_test
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
@@ -111,44 +135,47 @@ def test_fused_matches_eager(mode: BlendMode, dtype: torch.dtype, shape: tuple[i
     channels = shape[0] if len(shape) == 1 else shape[1]
     cfg = _config(mode, channels)
     for a in (0.0, 0.3, 0.5, 0.71, 1.0, 1.7, -0.4):
-        alpha = torch.tensor(a, device="cuda")
+        alpha = torch.tensor(a, device=DEVICE)
         out, ref, g_fused, g_eager, _ = _pair(shape, dtype, cfg, alpha)
         assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
         torch.testing.assert_close(out, ref, **_tol(dtype))
         torch.testing.assert_close(g_fused, g_eager, **_tol(dtype))
 
 
-@gpu
+@kernels
+@pytest.mark.kernel_test
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_confidence_bounds_and_gate_settings(dtype: torch.dtype) -> None:
     for kw in ({"alpha_lo": 0.2, "alpha_hi": 0.6}, {"gate_k": 12.0, "gate_tau": 0.05},
                {"gate_k": 0.0}, {"alpha_lo": 0.9, "alpha_hi": 0.9}):
         cfg = _config(BlendMode.CONFIDENCE, C, **kw)
         # scaled up so some samples are confident (large margin) and others are not
-        out, ref, g1, g2, _ = _pair((8, C, 9, 11), dtype, cfg, torch.tensor(0.8, device="cuda"), scale=3.0)
+        out, ref, g1, g2, _ = _pair((8, C, 9, 11), dtype, cfg, torch.tensor(0.8, device=DEVICE), scale=3.0)
         torch.testing.assert_close(out, ref, **_tol(dtype))
         torch.testing.assert_close(g1, g2, **_tol(dtype))
 
 
-@gpu
+@kernels
+@pytest.mark.kernel_test
 def test_alpha_dtypes_and_cpu_alpha() -> None:
     cfg = _config(BlendMode.CONVEX, C)
-    for alpha in (torch.tensor(0.3, device="cuda", dtype=torch.float64),
-                  torch.tensor(0.3, device="cuda", dtype=torch.bfloat16),
-                  torch.tensor(0.3), torch.tensor(1, device="cuda")):
+    for alpha in (torch.tensor(0.3, device=DEVICE, dtype=torch.float64),
+                  torch.tensor(0.3, device=DEVICE, dtype=torch.bfloat16),
+                  torch.tensor(0.3), torch.tensor(1, device=DEVICE)):
         for dtype in DTYPES:
             out, ref, g1, g2, _ = _pair((4, C, 5), dtype, cfg, alpha)
             torch.testing.assert_close(out, ref, **_tol(dtype))
             torch.testing.assert_close(g1, g2, **_tol(dtype))
 
 
-@gpu
+@kernels
+@pytest.mark.kernel_test
 def test_nan_alpha_propagates_like_eager() -> None:
     for mode in MODES:
         cfg = _config(mode, C)
-        h = torch.randn(3, C, 4, device="cuda")
-        s = torch.randn(3, C, 4, device="cuda")
-        nan = torch.tensor(float("nan"), device="cuda")
+        h = torch.randn(3, C, 4, device=DEVICE)
+        s = torch.randn(3, C, 4, device=DEVICE)
+        nan = torch.tensor(float("nan"), device=DEVICE)
         out = blend(h, s, nan, cfg)
         ref = blend(h, s, nan, cfg, stats=BlendStats())
         torch.testing.assert_close(out, ref, equal_nan=True)
@@ -158,9 +185,9 @@ def test_nan_alpha_propagates_like_eager() -> None:
 def test_alpha_changes_without_recompiling() -> None:
     fused.prewarm("cuda")
     before = fused._compiled_variants()
-    h = torch.randn(4, C, 17, 13, device="cuda")
-    s = torch.randn(4, C, 17, 13, device="cuda")
-    alpha = torch.zeros((), device="cuda")
+    h = torch.randn(4, C, 17, 13, device=DEVICE)
+    s = torch.randn(4, C, 17, 13, device=DEVICE)
+    alpha = torch.zeros((), device=DEVICE)
     for mode in MODES:
         cfg = _config(mode, C)
         for step in range(5):
@@ -174,14 +201,15 @@ def test_alpha_changes_without_recompiling() -> None:
     assert fused._compiled_variants() == before or before is None
 
 
-@gpu
+@kernels
+@pytest.mark.kernel_test
 def test_backward_uses_the_forward_alpha() -> None:
     # The executor updates alpha in place; a backward after that must use the forward's value.
     for mode in MODES:
         cfg = _config(mode, C)
-        h = torch.randn(3, C, 5, device="cuda")
-        s = torch.randn(3, C, 5, device="cuda")
-        alpha = torch.tensor(0.25, device="cuda")
+        h = torch.randn(3, C, 5, device=DEVICE)
+        s = torch.randn(3, C, 5, device=DEVICE)
+        alpha = torch.tensor(0.25, device=DEVICE)
         s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
         out = blend(h, s1, alpha, cfg)
         ref = blend(h, s2, alpha, cfg, stats=BlendStats())
@@ -194,8 +222,8 @@ def test_backward_uses_the_forward_alpha() -> None:
 @gpu
 def test_fused_blend_never_syncs_with_the_host() -> None:
     fused.prewarm("cuda")
-    h = torch.randn(4, C, 8, 8, device="cuda")
-    alpha = torch.tensor(0.4, device="cuda")
+    h = torch.randn(4, C, 8, 8, device=DEVICE)
+    alpha = torch.tensor(0.4, device=DEVICE)
     cfgs = [_config(m, C) for m in MODES]
     for cfg in cfgs:  # warm-up: channel vectors are built once
         blend(h, torch.randn_like(h, requires_grad=True), alpha, cfg).sum().backward()
@@ -210,11 +238,12 @@ def test_fused_blend_never_syncs_with_the_host() -> None:
         torch.cuda.set_sync_debug_mode(0)
 
 
-@gpu
+@kernels
+@pytest.mark.kernel_test
 def test_inference_mode_and_no_grad() -> None:
-    h = torch.randn(2, C, 3, device="cuda")
-    s = torch.randn(2, C, 3, device="cuda", requires_grad=True)
-    alpha = torch.tensor(0.6, device="cuda")
+    h = torch.randn(2, C, 3, device=DEVICE)
+    s = torch.randn(2, C, 3, device=DEVICE, requires_grad=True)
+    alpha = torch.tensor(0.6, device=DEVICE)
     for mode in MODES:
         cfg = _config(mode, C)
         ref = blend(h, s, alpha, cfg, stats=BlendStats()).detach()
@@ -226,15 +255,16 @@ def test_inference_mode_and_no_grad() -> None:
             torch.testing.assert_close(out, ref)
 
 
-@gpu
+@kernels
+@pytest.mark.kernel_test
 def test_fallbacks_stay_eager() -> None:
-    h = torch.randn(3, C, 4, device="cuda")
-    s = torch.randn(3, C, 4, device="cuda", requires_grad=True)
+    h = torch.randn(3, C, 4, device=DEVICE)
+    s = torch.randn(3, C, 4, device=DEVICE, requires_grad=True)
     cfg = _config(BlendMode.CONVEX, C)
-    alpha = torch.tensor(0.5, device="cuda")
+    alpha = torch.tensor(0.5, device=DEVICE)
     # non-contiguous seed, alpha that wants a gradient, fossilised (host not detached), float64
     assert not _is_fused(blend(h.transpose(1, 2), s.transpose(1, 2), alpha, cfg))
-    a_grad = torch.tensor(0.5, device="cuda", requires_grad=True)
+    a_grad = torch.tensor(0.5, device=DEVICE, requires_grad=True)
     out = blend(h, s, a_grad, cfg)
     assert not _is_fused(out)
     out.sum().backward()
@@ -258,9 +288,9 @@ def test_prewarm_compiles_every_variant_and_never_calls_torch_compile(monkeypatc
     before = fused._compiled_variants()
     for dtype in DTYPES:
         for mode in MODES:
-            h = torch.randn(3, 5, 7, 9, device="cuda", dtype=dtype)
-            s = torch.randn(3, 5, 7, 9, device="cuda", dtype=dtype, requires_grad=True)
-            alpha = torch.tensor(0.37, device="cuda")
+            h = torch.randn(3, 5, 7, 9, device=DEVICE, dtype=dtype)
+            s = torch.randn(3, 5, 7, 9, device=DEVICE, dtype=dtype, requires_grad=True)
+            alpha = torch.tensor(0.37, device=DEVICE)
             blend(h, s, alpha, _config(mode, 5)).sum().backward()
     if before is not None:
         assert fused._compiled_variants() == before

@@ -21,6 +21,8 @@ updates its alpha tensor in place before ``backward()``.
 
 Triton is imported lazily: on a machine without CUDA or Triton this module imports and
 :func:`available` answers False, and the eager path stays the reference and the CPU path.
+With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors in Triton's interpreter
+(:func:`interpreting`): that is how the test suite checks them on machines without a GPU.
 Nothing here calls ``torch.compile`` or Dynamo; :func:`prewarm` runs Triton's own JIT once
 per kernel variant so that the first training step pays no compilation.
 """
@@ -28,12 +30,13 @@ per kernel variant so that the first training step pays no compilation.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Iterable
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "accepts", "fused_blend", "prewarm"]
+__all__ = ["available", "accepts", "fused_blend", "interpreting", "prewarm"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ALPHA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -59,14 +62,22 @@ def _triton_ok() -> bool:
     return True
 
 
+def interpreting() -> bool:
+    """Whether Triton's interpreter is on (``TRITON_INTERPRET=1``): the kernels then run on
+    CPU tensors, slowly, in NumPy. For tests and debugging: it is how CI checks the kernels'
+    results on machines without a GPU."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def available(*tensors: Tensor) -> bool:
-    """Whether the fused kernels can run on ``tensors``: CUDA, contiguous, fp32/bf16/fp16,
-    non-empty, at least 1-D, and Triton importable."""
+    """Whether the fused kernels can run on ``tensors``: CUDA (or the CPU under Triton's
+    interpreter), contiguous, fp32/bf16/fp16, non-empty, at least 1-D, Triton importable."""
     if not tensors:
         return False
+    cpu_ok = interpreting()
     for t in tensors:
-        if not (t.is_cuda and t.dtype in _DTYPES and t.dim() >= 1 and t.numel() > 0
-                and t.is_contiguous()):
+        if not ((t.is_cuda or (cpu_ok and t.device.type == "cpu")) and t.dtype in _DTYPES and t.dim() >= 1
+                and t.numel() > 0 and t.is_contiguous()):
             return False
     return _triton_ok()
 
