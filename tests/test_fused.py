@@ -145,6 +145,26 @@ def test_fused_matches_eager(mode: BlendMode, dtype: torch.dtype, shape: tuple[i
 @kernels
 @pytest.mark.kernel_test
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(C,), (5, C), (5, 1), (3, 1300), (2, C, 7), (2, 3, 5000, 2), (3, 700, 4, 4)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_fused_gate_margin_matches_eager(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    """CONFIDENCE's pre-pass: spatial mean (rows longer than a block), channels wider than a
+    block, one channel (no runner-up), and ties for the top."""
+    from kasmina.kernels.blend import _per_sample_margin as eager
+
+    torch.manual_seed(zlib.crc32(repr((shape, str(dtype))).encode()))
+    seed = (torch.randn(shape, device=DEVICE) * 3).to(dtype)
+    torch.testing.assert_close(fused._per_sample_margin(seed), eager(seed, torch.float32), rtol=1e-5, atol=1e-5)
+    if seed.dim() == 2 and shape[1] > 2:  # a tie for the top logit: the margin is exactly 0
+        tied = seed.clone()
+        tied[:, 1] = tied[:, 0] = tied.max() + 1
+        assert torch.equal(fused._per_sample_margin(tied), torch.zeros(shape[0], device=DEVICE))
+        assert torch.equal(eager(tied, torch.float32), torch.zeros(shape[0], device=DEVICE))
+
+
+@kernels
+@pytest.mark.kernel_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_confidence_bounds_and_gate_settings(dtype: torch.dtype) -> None:
     for kw in ({"alpha_lo": 0.2, "alpha_hi": 0.6}, {"gate_k": 12.0, "gate_tau": 0.05},
                {"gate_k": 0.0}, {"alpha_lo": 0.9, "alpha_hi": 0.9}):

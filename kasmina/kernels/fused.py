@@ -10,8 +10,10 @@ activation dtype, with the same results as the eager reference in :mod:`kasmina.
 * RESIDUAL:   w = clamp(alpha, 0, 1)                         out = h + w·s
 * CHANNEL:    w[c] = alpha_vec[c]·w, c = (i // inner) % C      out = lerp(h, s, w[c])
 * CONFIDENCE: w[n] = clamp(w·sigmoid(k·(margin[n] − tau)), lo, hi), n = i // inner
-              (the per-sample margin is computed first from the detached seed with the eager
-              ops of the reference; the gate arithmetic is folded into the blend pass)
+              (the per-sample margin is computed first from the detached seed by two small
+              kernels, a spatial mean read straight from the activation dtype and a closed-form
+              top-1 minus top-2 softmax probability; the gate arithmetic is folded into the
+              blend pass)
 
 Alpha is read inside the kernel from its 0-d device tensor: no host sync, and a new alpha
 value every step never recompiles anything. Each forward also stores the effective alpha it
@@ -200,17 +202,100 @@ def _kernels() -> Any:
     return blend_kernel
 
 
+@functools.lru_cache(maxsize=1)
+def _margin_kernels() -> Any:
+    """Define (once, lazily) the two kernels of CONFIDENCE's per-sample gate pre-pass.
+
+    Both loop over fixed-size blocks, so one compiled variant per input dtype serves every
+    shape (what :func:`prewarm` relies on).
+    """
+    import triton
+    import triton.language as tl
+
+    @triton.jit(do_not_specialize=["inner", "inv_inner"])
+    def row_mean_kernel(x_ptr, out_ptr, inner, inv_inner, BLOCK: tl.constexpr):
+        # One program per (sample, channel) row of a map: its mean over the spatial dims,
+        # accumulated in fp32 straight from the activation dtype (one read, no fp32 copy).
+        row = tl.program_id(0).to(tl.int64)
+        base = x_ptr + row * inner
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, inner, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            acc += tl.load(base + offs, mask=offs < inner, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row, tl.sum(acc, axis=0) * inv_inner)
+
+    @triton.jit(do_not_specialize=["channels"])
+    def margin_kernel(z_ptr, out_ptr, channels, BLOCK: tl.constexpr):
+        # One program per sample: top-1 minus top-2 softmax probability of its logits, in
+        # closed form (1 - exp(z2 - z1)) / sum(exp(z - z1)): no softmax tensor, no top-k.
+        n = tl.program_id(0).to(tl.int64)
+        row = z_ptr + n * channels
+        lanes = tl.arange(0, BLOCK)
+        best = tl.full([BLOCK], float("-inf"), tl.float32)
+        where = tl.full([BLOCK], 2147483647, tl.int32)
+        for start in range(0, channels, BLOCK):  # pass 1: the top logit, first index on ties
+            offs = start + lanes
+            z = tl.load(row + offs, mask=offs < channels, other=float("-inf")).to(tl.float32)
+            better = z > best
+            where = tl.where(better, offs, where)
+            best = tl.where(better, z, best)
+        z1 = tl.max(best, axis=0)
+        first = tl.min(tl.where(best == z1, where, 2147483647), axis=0)
+        second = tl.full([BLOCK], float("-inf"), tl.float32)
+        total = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, channels, BLOCK):  # pass 2: the runner-up (a tied top counts) and the sum
+            offs = start + lanes
+            inside = offs < channels
+            z = tl.load(row + offs, mask=inside, other=float("-inf")).to(tl.float32)
+            total += tl.where(inside, tl.exp(z - z1), 0.0)
+            second = tl.maximum(second, tl.where(offs == first, float("-inf"), z))
+        z2 = tl.max(second, axis=0)
+        tl.store(out_ptr + n, (1.0 - tl.exp(z2 - z1)) / tl.sum(total, axis=0))
+
+    return row_mean_kernel, margin_kernel
+
+
+#: Block sizes of the pre-pass kernels (fixed: one compiled variant per dtype).
+_ROW_BLOCK, _MARGIN_BLOCK = 1024, 512
+
+
+def _per_sample_margin(seed: Tensor) -> Tensor:
+    """CONFIDENCE's gate input, shape (N,) fp32: the fused counterpart of the eager
+    ``kasmina.kernels.blend._per_sample_margin`` (the same maths in two launches, where the
+    eager ops take a reduction, a softmax, a top-k and a subtraction)."""
+    from kasmina.kernels.blend import _per_sample_margin as eager_margin
+
+    z = seed.detach()
+    if z.dim() == 1:
+        z = z.unsqueeze(0)
+    samples, channels = z.shape[0], z.shape[1]
+    if channels < 2:
+        return eager_margin(seed, torch.float32)  # no runner-up: the gate is fully open
+    row_mean, margin = _margin_kernels()
+    if z.dim() > 2:
+        inner = z.numel() // (samples * channels)
+        means = torch.empty(samples * channels, dtype=torch.float32, device=z.device)
+        row_mean[(samples * channels,)](z, means, inner, 1.0 / inner, BLOCK=_ROW_BLOCK, num_warps=4)
+        z = means
+    out = torch.empty(samples, dtype=torch.float32, device=z.device)
+    margin[(samples,)](z, out, channels, BLOCK=_MARGIN_BLOCK, num_warps=4)
+    return out
+
+
 def _compiled_variants() -> int | None:
-    """How many variants Triton has compiled of the blend kernel (None when unknown)."""
+    """How many variants Triton has compiled of the blend and gate kernels (None when unknown)."""
     if not _triton_ok():
         return None
-    caches = getattr(_kernels(), "device_caches", None)
-    if caches is None:
-        return None
-    try:
-        return sum(len(entry[0]) for entry in caches.values())
-    except Exception:  # another Triton version's cache layout
-        return None
+    total = 0
+    for kernel in (_kernels(), *_margin_kernels()):
+        caches = getattr(kernel, "device_caches", None)
+        if caches is None:
+            return None
+        try:
+            total += sum(len(entry[0]) for entry in caches.values())
+        except Exception:  # another Triton version's cache layout
+            return None
+    return total
 
 
 def _launch(n: int, element_size: int, inner: int = 0) -> tuple[tuple[int], dict[str, Any]]:
@@ -266,7 +351,7 @@ def fused_blend(host: Tensor, seed: Tensor, alpha_tensor: Tensor, config: Any = 
     [0, 1]; shape, dtype and channel mismatches raise ``ValueError``. The caller checks
     :func:`available` and :func:`accepts` first (``blend`` does).
     """
-    from kasmina.kernels.blend import _DEFAULT, BlendMode, _per_sample_margin
+    from kasmina.kernels.blend import _DEFAULT, BlendMode
 
     if host.shape != seed.shape:
         raise ValueError(f"host output {tuple(host.shape)} and seed output {tuple(seed.shape)} differ in shape")
@@ -300,9 +385,8 @@ def fused_blend(host: Tensor, seed: Tensor, alpha_tensor: Tensor, config: Any = 
         kmode, n_vec = _CHANNEL, channels
         inner = 1 if nd == 1 else numel // (seed.shape[0] * channels)
     else:
-        calc = torch.float32
         with torch.no_grad():
-            vec = _per_sample_margin(seed, calc)
+            vec = _per_sample_margin(seed)
         kmode, n_vec = _CONFIDENCE, vec.numel()
         inner = numel if nd == 1 else numel // seed.shape[0]
         k, tau, lo, hi = cfg.gate_k, cfg.gate_tau, cfg.alpha_lo, cfg.alpha_hi
@@ -331,12 +415,15 @@ def prewarm(device: torch.device | str | None = None,
         for dtype in dtypes:
             if dtype not in _DTYPES:
                 continue
-            # rows of 5, 1024 and 2048 elements: every block size _launch can pick
-            for shape in ((2, 3, 5), (1, 1, 1024), (1, 1, 2048)):
+            # rows of 5, 1024 and 2048 elements: every block size _launch can pick; and a
+            # 2-D activation, whose CONFIDENCE gate reads the activation dtype directly
+            for shape in ((2, 3, 5), (1, 1, 1024), (1, 1, 2048), (2, 3)):
                 host = torch.randn(shape, device=dev, dtype=dtype)
                 seed = torch.randn(shape, device=dev, dtype=dtype, requires_grad=True)
                 for mode in BlendMode:
                     if shape != (2, 3, 5) and mode not in (BlendMode.CHANNEL, BlendMode.CONFIDENCE):
+                        continue
+                    if shape == (2, 3) and mode is not BlendMode.CONFIDENCE:
                         continue
                     vec = (0.5,) * shape[1] if mode is BlendMode.CHANNEL else None
                     cfg = BlenderConfig(mode=mode, alpha_vec=vec)
