@@ -1,7 +1,8 @@
 """Fused Triton blend kernels (WP-K4): same results as the eager reference, same gradients.
 
 The kernel tests run on CUDA when there is a GPU, and otherwise on the CPU in Triton's
-interpreter (``TRITON_INTERPRET=1``, set for each of those tests only), so CI checks the
+interpreter (``TRITON_INTERPRET=1`` from conftest, ``fused.on_cpu()`` for each of those
+tests only), so CI checks the
 kernels' results and gradients without a GPU; they are skipped only where Triton is not
 installed. The eager path they compare against is ``blend(..., stats=BlendStats())``
 (stats always take the eager path), which ``tests/test_blend.py`` checks against the SPEC
@@ -12,9 +13,11 @@ CUDA. The tests at the top run anywhere.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import inspect
 import zlib
+from typing import Iterator
 
 import pytest
 import torch
@@ -57,6 +60,19 @@ def test_cpu_tensors_are_never_fused() -> None:
     assert "Fused" not in type(out.grad_fn).__name__
 
 
+def test_cpu_fused_path_needs_the_interpreter_and_is_scoped(monkeypatch: pytest.MonkeyPatch) -> None:
+    eager = importlib.import_module("kasmina.kernels.blend")  # the package shadows it with a function
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        with fused.on_cpu():
+            pass
+    assert eager._FUSED_ON_CPU is False
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with fused.on_cpu():
+        assert eager._FUSED_ON_CPU is True
+    assert eager._FUSED_ON_CPU is False  # restored: no other test takes the fused path on the CPU
+
+
 def test_prewarm_without_cuda_is_a_no_op() -> None:
     assert fused.prewarm("cpu") == 0
 
@@ -73,10 +89,14 @@ kernels = pytest.mark.skipif(not _HAVE_TRITON, reason="the fused kernels need Tr
 
 
 @pytest.fixture(autouse=True)
-def _interpreter_off_the_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Kernel tests without a GPU run in Triton's interpreter; no other test sees the switch."""
+def _interpreter_off_the_gpu(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Kernel tests without a GPU run in Triton's interpreter (conftest turned it on before
+    Triton was imported); no other test takes the fused path on the CPU."""
     if DEVICE == "cpu" and request.node.get_closest_marker("kernel_test") is not None:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        with fused.on_cpu():
+            yield
+    else:
+        yield
 
 DTYPES = [torch.float32, torch.bfloat16]
 # 1-D to 4-D; sizes chosen to not be multiples of the kernel's block (4096) or of 16.

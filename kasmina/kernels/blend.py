@@ -24,7 +24,6 @@ on any error; here a mismatch is a ``ValueError`` and 4-D maps are a first-class
 from __future__ import annotations
 
 import math
-import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -35,6 +34,10 @@ from torch import Tensor
 from kasmina.lifecycle.naming import NamedEnum
 
 __all__ = ["BlendMode", "BlenderConfig", "BlendStats", "blend"]
+
+#: Set only by ``kasmina.kernels.fused.on_cpu()``: CPU blends then take the fused kernels,
+#: interpreted by Triton (tests and debugging; never in training).
+_FUSED_ON_CPU = False
 
 
 class BlendMode(NamedEnum):
@@ -358,9 +361,9 @@ def blend(host: Tensor, seed: Tensor, alpha: float | Tensor, config: BlenderConf
     if isinstance(alpha, Tensor):
         if alpha.dim() != 0:
             raise ValueError(f"alpha must be a float or a 0-d tensor, got shape {tuple(alpha.shape)}")
-        # Fused single-pass Triton kernels: on CUDA, or on the CPU under Triton's interpreter
-        # (TRITON_INTERPRET=1, how tests check the kernels without a GPU).
-        if stats is None and detach_host and (seed.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        # Fused single-pass Triton kernels: on CUDA, or on the CPU in Triton's interpreter
+        # within kasmina.kernels.fused.on_cpu() (how tests check the kernels without a GPU).
+        if stats is None and detach_host and (seed.is_cuda or _FUSED_ON_CPU):
             from kasmina.kernels import fused
             if fused.available(seed) and fused.accepts(h, seed, alpha):
                 return fused.fused_blend(h, seed, alpha, cfg)

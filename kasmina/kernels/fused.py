@@ -23,8 +23,8 @@ updates its alpha tensor in place before ``backward()``.
 
 Triton is imported lazily: on a machine without CUDA or Triton this module imports and
 :func:`available` answers False, and the eager path stays the reference and the CPU path.
-With ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors in Triton's interpreter
-(:func:`interpreting`): that is how the test suite checks them on machines without a GPU.
+With ``TRITON_INTERPRET=1`` and inside :func:`on_cpu` the same kernels run on CPU tensors
+in Triton's interpreter: that is how the test suite checks them on machines without a GPU.
 Nothing here calls ``torch.compile`` or Dynamo; :func:`prewarm` runs Triton's own JIT once
 per kernel variant so that the first training step pays no compilation.
 """
@@ -32,13 +32,15 @@ per kernel variant so that the first training step pays no compilation.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "accepts", "fused_blend", "interpreting", "prewarm"]
+__all__ = ["available", "accepts", "fused_blend", "interpreting", "on_cpu", "prewarm"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ALPHA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -64,19 +66,41 @@ def _triton_ok() -> bool:
     return True
 
 
+def _blend_module() -> Any:
+    """The eager module (``kasmina.kernels`` exports a ``blend`` function of the same name)."""
+    return importlib.import_module("kasmina.kernels.blend")
+
+
 def interpreting() -> bool:
-    """Whether Triton's interpreter is on (``TRITON_INTERPRET=1``): the kernels then run on
-    CPU tensors, slowly, in NumPy. For tests and debugging: it is how CI checks the kernels'
-    results on machines without a GPU."""
+    """Whether Triton's interpreter is on (``TRITON_INTERPRET=1``, read by Triton when it is
+    first imported): kernels then run in NumPy, on CPU tensors."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@contextmanager
+def on_cpu() -> Iterator[None]:
+    """Within this block, blends of CPU tensors take the fused kernels, run in Triton's
+    interpreter: slow, for tests and debugging (how CI checks the kernels without a GPU).
+
+    Needs ``TRITON_INTERPRET=1`` set before Triton is first imported (torch imports it
+    early); the test suite's conftest sets it on machines without CUDA.
+    """
+    eager = _blend_module()
+    if not interpreting():
+        raise RuntimeError("fused kernels on the CPU need TRITON_INTERPRET=1, set before Triton is imported")
+    previous, eager._FUSED_ON_CPU = eager._FUSED_ON_CPU, True
+    try:
+        yield
+    finally:
+        eager._FUSED_ON_CPU = previous
+
+
 def available(*tensors: Tensor) -> bool:
-    """Whether the fused kernels can run on ``tensors``: CUDA (or the CPU under Triton's
-    interpreter), contiguous, fp32/bf16/fp16, non-empty, at least 1-D, Triton importable."""
+    """Whether the fused kernels can run on ``tensors``: CUDA (or the CPU within
+    :func:`on_cpu`), contiguous, fp32/bf16/fp16, non-empty, at least 1-D, Triton importable."""
     if not tensors:
         return False
-    cpu_ok = interpreting()
+    cpu_ok = _blend_module()._FUSED_ON_CPU
     for t in tensors:
         if not ((t.is_cuda or (cpu_ok and t.device.type == "cpu")) and t.dtype in _DTYPES and t.dim() >= 1
                 and t.numel() > 0 and t.is_contiguous()):
@@ -100,9 +124,13 @@ def accepts(host: Tensor, seed: Tensor, alpha: Tensor) -> bool:
 # --------------------------------------------------------------------------- kernels
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels() -> Any:
-    """Define (once, lazily) and return the Triton blend kernel (forward and backward)."""
+@functools.lru_cache(maxsize=2)
+def _kernels(interpret: bool = False) -> Any:
+    """Define (once, lazily) and return the Triton blend kernel (forward and backward).
+
+    Keyed by :func:`interpreting`: Triton decides at definition whether a kernel is compiled
+    or interpreted, so each mode gets its own definition (callers pass ``interpreting()``).
+    """
     import triton
     import triton.language as tl
 
@@ -202,8 +230,8 @@ def _kernels() -> Any:
     return blend_kernel
 
 
-@functools.lru_cache(maxsize=1)
-def _margin_kernels() -> Any:
+@functools.lru_cache(maxsize=2)
+def _margin_kernels(interpret: bool = False) -> Any:
     """Define (once, lazily) the two kernels of CONFIDENCE's per-sample gate pre-pass.
 
     Both loop over fixed-size blocks, so one compiled variant per input dtype serves every
@@ -243,7 +271,7 @@ def _margin_kernels() -> Any:
         first = tl.min(tl.where(best == z1, where, 2147483647), axis=0)
         second = tl.full([BLOCK], float("-inf"), tl.float32)
         total = tl.zeros([BLOCK], dtype=tl.float32)
-        for start in range(0, channels, BLOCK):  # pass 2: the runner-up (a tied top counts) and the sum
+        for start in range(0, channels, BLOCK):  # pass 2: the runner-up (a tied top counts), the sum
             offs = start + lanes
             inside = offs < channels
             z = tl.load(row + offs, mask=inside, other=float("-inf")).to(tl.float32)
@@ -271,7 +299,7 @@ def _per_sample_margin(seed: Tensor) -> Tensor:
     samples, channels = z.shape[0], z.shape[1]
     if channels < 2:
         return eager_margin(seed, torch.float32)  # no runner-up: the gate is fully open
-    row_mean, margin = _margin_kernels()
+    row_mean, margin = _margin_kernels(interpreting())
     if z.dim() > 2:
         inner = z.numel() // (samples * channels)
         means = torch.empty(samples * channels, dtype=torch.float32, device=z.device)
@@ -287,7 +315,7 @@ def _compiled_variants() -> int | None:
     if not _triton_ok():
         return None
     total = 0
-    for kernel in (_kernels(), *_margin_kernels()):
+    for kernel in (_kernels(interpreting()), *_margin_kernels(interpreting())):
         caches = getattr(kernel, "device_caches", None)
         if caches is None:
             return None
@@ -324,7 +352,7 @@ class _FusedBlend(torch.autograd.Function):
         snap = torch.empty(1, dtype=torch.float32, device=seed.device)
         n = seed.numel()
         grid, kw = _launch(n, seed.element_size(), inner if mode >= _CHANNEL else 0)
-        _kernels()[grid](host, seed, out, alpha, vec, snap, n, inner, n_vec,
+        _kernels(interpreting())[grid](host, seed, out, alpha, vec, snap, n, inner, n_vec,
                          1.0 / inner, 1.0 / n_vec, k, tau, lo, hi, MODE=mode, BWD=False, **kw)
         ctx.snap, ctx.vec, ctx.params = snap, vec, params
         return out
@@ -339,7 +367,7 @@ class _FusedBlend(torch.autograd.Function):
         n = g.numel()
         snap = ctx.snap
         grid, kw = _launch(n, g.element_size(), inner if mode >= _CHANNEL else 0)
-        _kernels()[grid](g, g, grad_seed, snap, ctx.vec, snap, n, inner, n_vec,
+        _kernels(interpreting())[grid](g, g, grad_seed, snap, ctx.vec, snap, n, inner, n_vec,
                          1.0 / inner, 1.0 / n_vec, k, tau, lo, hi, MODE=mode, BWD=True, **kw)
         return None, grad_seed, None, None, None
 
