@@ -9,6 +9,8 @@
 3. The blend harness (``kasmina bench``) in fp32 and bf16: every mode against the copy
    bandwidth and its minimal-traffic bound, fused kernels chosen automatically; the
    numerical comparison of fused and eager is ``pytest tests/test_fused.py`` (run it too).
+4. ``kasmina demo --device cuda``, short: the main job end to end on the GPU (fused blends,
+   pre-warm, checkpoints of CUDA tensors), with its seeds and accuracies.
 
 Prints one table; exits non-zero if a check fails.
 """
@@ -54,6 +56,16 @@ def sync_free_steps(mode: str, extra: dict[str, str], steps: int = 20) -> str:
     return f"ok ({steps} steps in BLENDING, alpha {alpha:.3g})"
 
 
+def demo_on_cuda() -> str:
+    from kasmina.demo import DemoOptions, run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run(DemoOptions(db=f"sqlite:///{tmp}/demo.db", device="cuda", steps=96, host_steps=150, rng=3))
+    seeds = ", ".join(f"{s['seed_id']} {s['stage']} g{s['generations']} {s['blend_mode']}" for s in report.seeds)
+    return (f"ok: accuracy {report.accuracy_host_only} host only, {report.accuracy_final} grown; {seeds}; "
+            f"{report.events} events, {report.seconds} s")
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -80,6 +92,12 @@ def main() -> int:
         result = harness.run(device="cuda", dtype=dtype, shape=(64, 256, 56, 56), repeats=30)
         print(harness.render(result))
         print(harness.summary_line(result), flush=True)
+    try:
+        outcome = demo_on_cuda()
+    except Exception as e:  # noqa: BLE001 - report it, then fail
+        failed = True
+        outcome = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    print(f"{'kasmina demo --device cuda':<28}  {outcome}", flush=True)
     return 1 if failed else 0
 
 
