@@ -21,7 +21,6 @@ from typing import Iterator
 import psycopg
 import pytest
 import torch
-import torch.nn.functional as F
 from sqlalchemy.engine import make_url
 
 import kasmina
@@ -30,7 +29,7 @@ from kasmina.events import NewEvent, PendingAppend, migrate, open_store
 from kasmina.lifecycle import events as ev
 from kasmina.rebuild import replay, verify
 from conftest import PG_ADMIN
-from test_executor import FAST, SECRET, Net, _catalogue, signed
+from test_executor import FAST, SECRET, Net, _catalogue, signed, train
 
 SLOWER = {**FAST, "training_steps": 6, "blend_steps": 10}
 
@@ -64,18 +63,6 @@ def outage(pg_url: str) -> Iterator[Outage]:
         o.end()  # never leave the test database closed, whatever failed
 
 
-def _train(model: Net, opt: torch.optim.Optimizer, ex: kasmina.Executor, steps: int) -> None:
-    g = torch.Generator().manual_seed(ex.step_count)
-    for _ in range(steps):
-        x = torch.randn(8, 1, 6, 6, generator=g)
-        y = torch.randint(0, 10, (8,), generator=g)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ex.step(metrics={"val_loss": 1.0, "loss": loss.detach()})
-
-
 def test_commands_refuse_and_training_goes_on_while_the_database_is_away(pg_url: str, outage: Outage) -> None:
     migrate.upgrade(pg_url)
     torch.manual_seed(0)
@@ -85,7 +72,7 @@ def test_commands_refuse_and_training_goes_on_while_the_database_is_away(pg_url:
                           optimizer=opt)
     try:
         assert ex.handle(signed(commands.germinate("features.2", "conv_adapter", parameters=SLOWER))).accepted
-        _train(model, opt, ex, 8)  # into BLENDING
+        train(model, opt, ex, 8)  # into BLENDING
         assert ex.seed("features.2").stage == "BLENDING"
         head_before = ex.store.head()[0]
         alpha_before = ex.seed("features.2").alpha
@@ -98,7 +85,7 @@ def test_commands_refuse_and_training_goes_on_while_the_database_is_away(pg_url:
         assert ex.sites["classifier.1"].seed is None  # nothing carried out
         errors = set()
         for _ in range(12):  # the blend would end in here: the transition cannot be recorded
-            _train(model, opt, ex, 1)
+            train(model, opt, ex, 1)
             errors.add(id(ex.last_error))
         assert ex.last_error is not None and "unavailable" in str(ex.last_error)
         assert len(errors) < 12  # backoff: not one connection attempt per step
@@ -110,7 +97,7 @@ def test_commands_refuse_and_training_goes_on_while_the_database_is_away(pg_url:
         deadline = time.monotonic() + 10
         while ex.last_error is not None and time.monotonic() < deadline:
             time.sleep(0.05)  # the backoff (0.5 s after one failed attempt) runs out
-            _train(model, opt, ex, 1)
+            train(model, opt, ex, 1)
         assert ex.last_error is None
         assert ex.seed("features.2").stage == "SHADOWING"  # recorded as soon as the log is back
         again = ex.handle(late)  # the same command: it was never recorded, so it is not a replay
@@ -143,10 +130,10 @@ def test_a_step_recovers_when_another_writer_moved_a_seed_on(tmp_path: Path) -> 
             version = other.stream_version("features.2")
             other.append_many([PendingAppend("features.2", [NewEvent(ev.BASELINE_RECORDED, {"metric": 0.5, "step": 0})],
                                              expected_version=version)])
-        _train(model, opt, ex, 1)  # the tick's expected version is stale: no change this step
+        train(model, opt, ex, 1)  # the tick's expected version is stale: no change this step
         assert ex.last_error is not None and type(ex.last_error).__name__ == "StaleVersion"
         assert ex.state("features.2").baseline_metric == 0.5  # reloaded from the log
-        _train(model, opt, ex, 1)
+        train(model, opt, ex, 1)
         assert ex.last_error is None and ex.seed("features.2").stage == "TRAINING"
     finally:
         ex.close()
