@@ -734,9 +734,10 @@ def _nul_field(message: Any, prefix: str = "") -> str | None:
             for key, item in value.items():
                 if isinstance(key, str) and "\x00" in key:
                     return f"{name} key"
-                found = (("\x00" in item and name) if isinstance(item, str)
-                         else _nul_field(item, f"{name}.") if hasattr(item, "ListFields") else None)
-                if found:
+                if isinstance(item, str):
+                    if "\x00" in item:
+                        return name
+                elif hasattr(item, "ListFields") and (found := _nul_field(item, f"{name}.")):
                     return found
         elif field.type == field.TYPE_STRING:
             if any("\x00" in v for v in (value if field.is_repeated else [value])):
