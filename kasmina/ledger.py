@@ -141,15 +141,26 @@ class Ledger:
 
     def note(self, stream_id: str, events: Iterable[ev.Event], *, command_id: str | None = None) -> Outcome:
         """Record facts that need no decision (a kernel attached, an emergency) and fold them."""
+        new = _new(events)
         if stream_id == ev.EXECUTOR_STREAM:
-            (result,) = self._append([PendingAppend(stream_id, _new(events), command_id=command_id)])
-        else:
+            (result,) = self._append([PendingAppend(stream_id, new, command_id=command_id)])
+            return Outcome(not result.duplicate, "recorded", result.events, result.duplicate)
+        for attempt in range(MAX_RETRIES + 1):
             state = self.state(stream_id)
-            (result,) = self._append([PendingAppend(stream_id, _new(events), expected_version=state.version,
-                                                    command_id=command_id)])
+            try:
+                (result,) = self._append([PendingAppend(stream_id, new, expected_version=state.version,
+                                                        command_id=command_id)])
+            except StaleVersion:
+                # A fact needs no decision: take the other writer's events, then append after them.
+                if attempt == MAX_RETRIES:
+                    raise
+                self.conflicts += 1
+                self.seeds[stream_id] = replay_seed(self.store, stream_id)
+                continue
             if not result.duplicate:
                 self._fold(state, result.events)
-        return Outcome(not result.duplicate, "recorded", result.events, result.duplicate)
+            return Outcome(not result.duplicate, "recorded", result.events, result.duplicate)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _record(self, state: SeedState, decision: Decision, command_id: str | None) -> Outcome:
         """Record a decision only if ``state`` is still the seed's stored state.

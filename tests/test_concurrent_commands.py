@@ -252,3 +252,15 @@ def test_a_refusal_on_a_current_state_costs_no_retry() -> None:
     outcome = a.submit(w.command("resume", "s", 2), command_id="resume-a")
     assert (outcome.accepted, outcome.reason, outcome.conflicts, a.conflicts) == (False, "not_paused", 0, 0)
     assert a.store.find_command("resume-a") == tuple(e.position for e in outcome.events)
+
+
+def test_a_fact_after_another_writer_moved_the_seed_is_appended_after_it() -> None:
+    """A ``note`` (kernel attached, baseline) needs no decision: on a stale version it takes
+    the other writer's events and appends after them, instead of raising ``StaleVersion``."""
+    a, b = two_ledgers()
+    assert a.submit(w.command("pause", "s", 2)).accepted
+    outcome = b.note("s", [ev.Event(ev.BASELINE_RECORDED, {"metric": 0.5, "step": 2})])
+    assert outcome.accepted and b.conflicts == 1
+    assert b.state("s").paused and b.state("s").baseline_metric == 0.5
+    assert [e.type for e in b.store.read(stream_id="s")][-2:] == [ev.SEED_PAUSED, ev.BASELINE_RECORDED]
+    assert b.state("s") == Ledger.open(b.store).state("s")
