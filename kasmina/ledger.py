@@ -139,8 +139,14 @@ class Ledger:
                                                 command_id=command_id)])
         return Outcome(False, str(refusal.data["reason"]), result.events, result.duplicate)
 
-    def note(self, stream_id: str, events: Iterable[ev.Event], *, command_id: str | None = None) -> Outcome:
-        """Record facts that need no decision (a kernel attached, an emergency) and fold them."""
+    def note(self, stream_id: str, events: Iterable[ev.Event], *, command_id: str | None = None,
+             retry: bool = False) -> Outcome:
+        """Record facts that need no decision (a kernel attached, an emergency) and fold them.
+
+        With ``retry``, a fact that holds whatever another writer did (a kernel attached) is
+        appended after that writer's events; without it (a fact the caller chose from the
+        seed's state, such as a first baseline) a moved stream raises ``StaleVersion``.
+        """
         new = _new(events)
         if stream_id == ev.EXECUTOR_STREAM:
             (result,) = self._append([PendingAppend(stream_id, new, command_id=command_id)])
@@ -151,8 +157,8 @@ class Ledger:
                 (result,) = self._append([PendingAppend(stream_id, new, expected_version=state.version,
                                                         command_id=command_id)])
             except StaleVersion:
-                # A fact needs no decision: take the other writer's events, then append after them.
-                if attempt == MAX_RETRIES:
+                # An unconditional fact: take the other writer's events, then append after them.
+                if not retry or attempt == MAX_RETRIES:
                     raise
                 self.conflicts += 1
                 self.seeds[stream_id] = replay_seed(self.store, stream_id)

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import pytest
 
 import _workload as w
+from kasmina.errors import StaleVersion
 from kasmina.events import AppendResult, NewEvent, PendingAppend, RecordedEvent, migrate, open_store
 from kasmina.events.memory import MemoryEventStore
 from kasmina.ledger import CONCURRENT_UPDATE, Ledger
@@ -255,11 +256,15 @@ def test_a_refusal_on_a_current_state_costs_no_retry() -> None:
 
 
 def test_a_fact_after_another_writer_moved_the_seed_is_appended_after_it() -> None:
-    """A ``note`` (kernel attached, baseline) needs no decision: on a stale version it takes
-    the other writer's events and appends after them, instead of raising ``StaleVersion``."""
+    """An unconditional fact (``note(retry=True)``, e.g. a kernel attached) takes the other
+    writer's events and appends after them; a conditional one still raises StaleVersion."""
     a, b = two_ledgers()
     assert a.submit(w.command("pause", "s", 2)).accepted
-    outcome = b.note("s", [ev.Event(ev.BASELINE_RECORDED, {"metric": 0.5, "step": 2})])
+    with pytest.raises(StaleVersion):
+        b.note("s", [ev.Event(ev.BASELINE_RECORDED, {"metric": 0.5, "step": 2})])
+    b = Ledger.open(a.store)
+    assert a.submit(w.command("resume", "s", 2)).accepted and a.submit(w.command("pause", "s", 2)).accepted
+    outcome = b.note("s", [ev.Event(ev.BASELINE_RECORDED, {"metric": 0.5, "step": 2})], retry=True)
     assert outcome.accepted and b.conflicts == 1
     assert b.state("s").paused and b.state("s").baseline_metric == 0.5
     assert [e.type for e in b.store.read(stream_id="s")][-2:] == [ev.SEED_PAUSED, ev.BASELINE_RECORDED]

@@ -589,7 +589,7 @@ class Executor:
     def _flush_facts(self) -> None:
         facts, self._facts = self._facts, []
         for seed_id, event in facts:
-            self.ledger.note(seed_id, [event])
+            self.ledger.note(seed_id, [event], retry=True)
 
     # -- making the model follow the state ------------------------------------------------
     def _reconcile(self, name: str) -> None:
@@ -659,7 +659,7 @@ class Executor:
             facts.append(ev.Event(ev.ISOLATION_VIOLATION, {"count": runtime.violations, "step": self._step,
                                                            "detail": "seed shares parameters with the host"}))
         if self.leader:
-            self.ledger.note(name, facts)
+            self.ledger.note(name, facts, retry=True)
         return True
 
     def _prewarm_seed(self, name: str, site: SeedSite, blueprint_id: str) -> float | None:
