@@ -156,6 +156,12 @@ def test_checkpoint_files_are_atomic_and_pruned_only_once_recorded(db: str, tmp_
         assert [c.step for c in checkpoints.history(ex.store)] == [c.step for c in made]
         with pytest.raises(ValueError):
             ex.checkpoint(folder, keep=0)
+        # A writer killed mid-write leaves a temporary file: the next checkpoint removes it.
+        stale = folder / f".{made[3].path.name}.killed.tmp"
+        stale.write_bytes(b"half a checkpoint")
+        train(model, opt, ex, 1)
+        ex.checkpoint(folder, keep=2)
+        assert not stale.exists()
     finally:
         ex.close()
 

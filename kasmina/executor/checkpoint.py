@@ -179,6 +179,9 @@ def _prune(folder: Path, referenced: list[Checkpoint], keep: int, *, current: Pa
     for old in folder.glob("step-*.pt"):
         if old not in kept and old.name < current.name:
             old.unlink(missing_ok=True)
+    for partial in folder.glob(".step-*.tmp"):  # left by a writer killed mid-write
+        if partial.name[1:].split(".pt.")[0] + ".pt" < current.name:
+            partial.unlink(missing_ok=True)
 
 
 def history(store: EventStore) -> list[Checkpoint]:
