@@ -147,6 +147,33 @@ def _optimizer(model: torch.nn.Module, options: DemoOptions) -> torch.optim.Opti
 Progress = Callable[[int, int, str], None]
 
 
+@dataclass(slots=True)
+class _Loop:
+    """The training loop's own state: both models, their optimizers, and what it has seen.
+
+    Everything a checkpoint's ``extra`` must carry beyond what the executor saves itself
+    (the grown host and its optimizer) lives here, so saving and restoring are one pair.
+    """
+
+    control: torch.nn.Module
+    control_opt: torch.optim.Optimizer
+    at_graft: float
+    ema: float | None = None
+    history: dict[str, list[float]] = field(
+        default_factory=lambda: {"step": [], "accuracy": [], "accuracy_host_only": []})
+
+    def extra(self) -> dict[str, Any]:
+        return {"control": self.control.state_dict(), "control_optimizer": self.control_opt.state_dict(),
+                "history": self.history, "ema": self.ema, "accuracy_at_graft": self.at_graft}
+
+    def load(self, extra: dict[str, Any]) -> None:
+        self.control.load_state_dict(extra["control"])
+        self.control_opt.load_state_dict(extra["control_optimizer"])
+        self.history = {k: list(v) for k, v in extra["history"].items()}
+        self.ema = extra["ema"]
+        self.at_graft = float(extra["accuracy_at_graft"])
+
+
 def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable[[str], None] | None = None,
         given: frozenset[str] | None = None) -> DemoReport:
     """Run (or continue, or re-report) the demo described by ``options``.
@@ -155,102 +182,59 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
     ``resume``, the others are taken from the run recorded in the log.
     """
     from kasmina.demo import data, model, plot
-    from kasmina.demo.controller import ScriptedController, default_plan
     from kasmina.executor import Executor
+    from kasmina.executor import checkpoint as checkpoints
     from kasmina.executor.measure import MetricPolicy
 
     started_at = time.perf_counter()
     tell = say or (lambda line: None)
     if options.device == "cuda" and not torch.cuda.is_available():
         raise KasminaError("--device cuda: no CUDA device is available (use --device cpu)")
-    device = torch.device(options.device)
     if options.plot is not None:
         plot.check_target(options.plot)
     store = migrate.open_log(options.db)
     try:
         options = _check_log(store, options, frozenset(DemoOptions.__slots__) if given is None else given)
-        finished = _notes(store, DEMO_FINISHED)
-        digits = data.load().to(device)
+        finished = bool(_notes(store, DEMO_FINISHED))
+        digits = data.load().to(torch.device(options.device))
         torch.manual_seed(options.rng)
-        host = model.DigitsNet(options.hidden).to(device)
+        host = model.DigitsNet(options.hidden).to(options.device)
         optimizer = _optimizer(host, options)
-        from kasmina.executor import checkpoint as checkpoints
-
         found, problems = checkpoints.latest(store)
         for problem in problems:
             tell(f"passing over a checkpoint: {problem}")
-        if found is None:
-            # Fresh, or killed before the first checkpoint: the pre-training is deterministic.
-            for step in range(options.host_steps):
-                _train_step(host, optimizer, *digits.batch(options.rng, step, options.batch))
-                if progress is not None and step % 50 == 0:
-                    progress(0, options.steps, f"training the host alone ({step}/{options.host_steps})")
-        at_graft = _accuracy(host, digits.x_val, digits.y_val)
+        if found is None:  # fresh, or killed before the first checkpoint: pre-training is deterministic
+            _pretrain(host, optimizer, digits, options, progress)
         control = copy.deepcopy(host)
         control_opt = _optimizer(control, options)
         control_opt.load_state_dict(optimizer.state_dict())
+        loop = _Loop(control, control_opt, at_graft=_accuracy(host, digits.x_val, digits.y_val))
         secret = secrets.token_bytes(32)  # the controller and executor share it in-process
-        policy = MetricPolicy(name="val_acc_ema", higher_is_better=True, tolerance=0.02)
-        ex = Executor(host, model.SITES, db=store, secret=secret, catalogue=model.catalogue(),
-                      optimizer=optimizer, run_seed=options.rng, metric=policy)
+        ex = Executor(host, model.SITES, db=store, secret=secret, catalogue=model.catalogue(), optimizer=optimizer,
+                      run_seed=options.rng, metric=MetricPolicy(name="val_acc_ema", higher_is_better=True,
+                                                                tolerance=0.02))
         try:
-            history: dict[str, list[float]] = {"step": [], "accuracy": [], "accuracy_host_only": []}
-            ema: float | None = None
-            resumed_from: int | None = None
+            resumed_from = None
             if found is not None:
                 restored = ex.restore()
-                assert restored is not None
-                extra = restored.extra
-                control.load_state_dict(extra["control"])
-                control_opt.load_state_dict(extra["control_optimizer"])
-                history = {k: list(v) for k, v in extra["history"].items()}
-                ema = extra["ema"]
-                at_graft = float(extra["accuracy_at_graft"])
+                assert restored is not None  # latest() just vouched for it
+                loop.load(restored.extra)
                 resumed_from = restored.checkpoint.step
                 tell(f"resumed: log at step {ex.step_count}, model from the checkpoint of step "
-                     f"{restored.checkpoint.step} ({restored.checkpoint.path.name})")
+                     f"{resumed_from} ({restored.checkpoint.path.name})")
             else:
-                ex.note(DEMO_STARTED, {"config": options.recorded(), "accuracy_at_graft": round(at_graft, 6),
+                ex.note(DEMO_STARTED, {"config": options.recorded(), "accuracy_at_graft": round(loop.at_graft, 6),
                                        "sites": list(model.SITES)})
-
-            def save() -> str:
-                extra = {"control": control.state_dict(), "control_optimizer": control_opt.state_dict(),
-                         "history": history, "ema": ema, "accuracy_at_graft": at_graft}
-                return str(ex.checkpoint(_checkpoint_dir(options), extra=extra).path)
-
-            if found is None:
-                save()  # the grafted starting point: a kill from here on never re-trains the host
-            controller = ScriptedController(default_plan(options.hidden), secret, dwell=options.dwell,
-                                            rng=options.rng)
-            last_checkpoint = None
+                # The grafted starting point: a kill from here on never trains the host alone again.
+                ex.checkpoint(_checkpoint_dir(options), extra=loop.extra())
             first_step = ex.step_count
-            while ex.step_count < options.steps:
-                for what, result in controller.act(ex):
-                    tell(f"step {ex.step_count}: {what}: "
-                         f"{'accepted' if result.accepted else 'refused (' + result.reason + ')'}")
-                    _tell_transitions(store, result.positions, tell)
-                t = ex.step_count
-                x, y = digits.batch(options.rng, options.host_steps + t, options.batch)
-                loss = _train_step(host, optimizer, x, y)
-                _train_step(control, control_opt, x, y)
-                accuracy = _accuracy(host, digits.x_val, digits.y_val)
-                ema = accuracy if ema is None else 0.9 * ema + 0.1 * accuracy
-                _tell_transitions(store, ex.step(metrics={"val_acc_ema": ema, "val_acc": accuracy, "loss": loss}),
-                                  tell)
-                history["step"].append(ex.step_count)
-                history["accuracy"].append(round(accuracy, 6))
-                history["accuracy_host_only"].append(round(_accuracy(control, digits.x_val, digits.y_val), 6))
-                if progress is not None:
-                    progress(ex.step_count, options.steps, _status(ex, accuracy))
-                if ex.step_count % options.every == 0 or ex.step_count == options.steps:
-                    last_checkpoint = save()
+            last_checkpoint = _train(ex, host, optimizer, loop, digits, options, secret, progress, tell)
             final = _accuracy(host, digits.x_val, digits.y_val)
             host_only = _accuracy(control, digits.x_val, digits.y_val)
             if not finished or ex.step_count > first_step:
-                ex.note(DEMO_FINISHED, {"accuracy_host_only": round(host_only, 6),
-                                        "accuracy_final": round(final, 6)})
+                ex.note(DEMO_FINISHED, {"accuracy_host_only": round(host_only, 6), "accuracy_final": round(final, 6)})
             report = DemoReport(accuracy_host_only=round(host_only, 4), accuracy_final=round(final, 4),
-                                accuracy_at_graft=round(at_graft, 4), seeds=seed_summaries(store, model.SITES),
+                                accuracy_at_graft=round(loop.at_graft, 4), seeds=seed_summaries(store, model.SITES),
                                 events=0, db=redact(options.db), steps=ex.step_count,
                                 resumed_from_step=resumed_from, checkpoint=last_checkpoint,
                                 refusals=refusal_summaries(store))
@@ -258,11 +242,49 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
             ex.close()
         report.events = store.head()[0]
         if options.plot:
-            report.plot = str(plot.write(options.plot, store, model.SITES, history))
+            report.plot = str(plot.write(options.plot, store, model.SITES, loop.history))
         report.seconds = round(time.perf_counter() - started_at, 2)
         return report
     finally:
         store.close()
+
+
+def _pretrain(host: torch.nn.Module, optimizer: torch.optim.Optimizer, digits: Any, options: DemoOptions,
+              progress: Progress | None) -> None:
+    for step in range(options.host_steps):
+        _train_step(host, optimizer, *digits.batch(options.rng, step, options.batch))
+        if progress is not None and step % 50 == 0:
+            progress(0, options.steps, f"training the host alone ({step}/{options.host_steps})")
+
+
+def _train(ex: Any, host: torch.nn.Module, optimizer: torch.optim.Optimizer, loop: _Loop, digits: Any,
+           options: DemoOptions, secret: bytes, progress: Progress | None,
+           tell: Callable[[str], None]) -> str | None:
+    """The steps with seeds, up to ``options.steps``; returns the last checkpoint written."""
+    from kasmina.demo.controller import ScriptedController, default_plan
+
+    controller = ScriptedController(default_plan(options.hidden), secret, dwell=options.dwell, rng=options.rng)
+    last_checkpoint = None
+    while ex.step_count < options.steps:
+        for what, result in controller.act(ex):
+            tell(f"step {ex.step_count}: {what}: "
+                 f"{'accepted' if result.accepted else 'refused (' + result.reason + ')'}")
+            _tell_transitions(ex.store, result.positions, tell)
+        x, y = digits.batch(options.rng, options.host_steps + ex.step_count, options.batch)
+        loss = _train_step(host, optimizer, x, y)
+        _train_step(loop.control, loop.control_opt, x, y)  # the same batch, no seeds
+        accuracy = _accuracy(host, digits.x_val, digits.y_val)
+        loop.ema = accuracy if loop.ema is None else 0.9 * loop.ema + 0.1 * accuracy
+        positions = ex.step(metrics={"val_acc_ema": loop.ema, "val_acc": accuracy, "loss": loss})
+        _tell_transitions(ex.store, positions, tell)
+        loop.history["step"].append(ex.step_count)
+        loop.history["accuracy"].append(round(accuracy, 6))
+        loop.history["accuracy_host_only"].append(round(_accuracy(loop.control, digits.x_val, digits.y_val), 6))
+        if progress is not None:
+            progress(ex.step_count, options.steps, _status(ex, accuracy))
+        if ex.step_count % options.every == 0 or ex.step_count == options.steps:
+            last_checkpoint = str(ex.checkpoint(_checkpoint_dir(options), extra=loop.extra()).path)
+    return last_checkpoint
 
 
 def _tell_transitions(store: EventStore, positions: Sequence[int], tell: Callable[[str], None]) -> None:
