@@ -93,11 +93,16 @@ def test_audit_query_is_passed_as_written_and_its_errors_are_one_line(
         assert json.loads(out)["rows"] == rows
     for query, needle in [("SELECT nope FROM seed_transitions", "audit query failed"),
                           ("SELECT 1; DELETE FROM kasmina_events", "audit query failed"),
+                          ("SELECT 1; COMMIT; CREATE TABLE pwned (x int)", "audit query failed"),
                           ("-- sneaky\nDELETE FROM kasmina_events", "read-only queries only")]:
         code, out, err = run_cli(capsys, "audit", "--db", url, "--query", query)
         assert code == EXIT_USER_ERROR and out == "", err
         assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
         assert "unavailable" not in err
+    catalog = "sqlite_master WHERE name" if backend == "sqlite" else "information_schema.tables WHERE table_name"
+    code, out, _ = run_cli(capsys, "audit", "--db", url, "--json", "--query",
+                           f"SELECT COUNT(*) AS n FROM {catalog} = 'pwned'")
+    assert json.loads(out)["rows"] == [[0]]  # nothing escaped the read-only transaction
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -133,7 +133,12 @@ def _user_query(conn: Any, sql: str) -> tuple[list[str], list[tuple]]:
     dbapi = conn.dialect.loaded_dbapi
     cursor = conn.connection.cursor()
     try:
-        cursor.execute(sql)
+        if conn.dialect.name == "postgresql":
+            # A prepared statement holds exactly one command: 'SELECT 1; COMMIT; DROP ...'
+            # cannot end the read-only transaction (sqlite3 refuses several statements itself).
+            cursor.execute(sql, prepare=True)
+        else:
+            cursor.execute(sql)
         columns = [d[0] for d in cursor.description or ()]
         return columns, [tuple(r) for r in cursor.fetchall()]
     except (dbapi.ProgrammingError, dbapi.DataError, dbapi.NotSupportedError, dbapi.IntegrityError,
