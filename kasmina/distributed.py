@@ -56,6 +56,11 @@ class LogSync:
                                "rank 0 must lead and every other rank follow (kasmina.distributed.role())")
         #: Positions each follower caught up to, for the training loop to report or check.
         self.position = executor.ledger.position
+        #: Global rank of the group's rank 0 (broadcast's ``src`` is a global rank).
+        self.leader_rank = dist.get_global_rank(group, 0) if group is not None else 0
+        #: NCCL takes only CUDA tensors; gloo and the others take CPU ones.
+        self.device = (torch.device("cuda", torch.cuda.current_device())
+                       if dist.get_backend(group) == "nccl" else torch.device("cpu"))
 
     def handle(self, commands: Sequence[leyline.AdaptationCommand | bytes] | None) -> list[Result]:
         """Rank 0 handles ``commands`` (the other ranks pass ``None``); then every rank follows.
@@ -74,10 +79,12 @@ class LogSync:
         return positions
 
     def _follow(self) -> None:
-        position = torch.tensor([self.executor.ledger.position if self.rank == 0 else 0], dtype=torch.int64)
-        dist.broadcast(position, src=0, group=self.group)
+        ledger = self.executor.ledger
+        mine = max(ledger.position, ledger.written) if self.rank == 0 else 0
+        position = torch.tensor([mine], dtype=torch.int64, device=self.device)
+        dist.broadcast(position, src=self.leader_rank, group=self.group)
         target = int(position.item())
-        ok = torch.tensor([1], dtype=torch.int64)
+        ok = torch.ones(1, dtype=torch.int64, device=self.device)
         problem = ""
         if self.rank != 0:
             for attempt in range(READ_ATTEMPTS):

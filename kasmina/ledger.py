@@ -47,8 +47,11 @@ class Ledger:
                  on_recorded: Callable[[Sequence[RecordedEvent]], None] | None = None) -> None:
         self.store = store
         self.seeds: dict[str, SeedState] = dict(seeds or {})
-        #: The log position this ledger has seen up to (a follower catches up from here).
+        #: Every event up to this log position has been folded (a follower catches up from here).
         self.position = max((s.position for s in self.seeds.values()), default=0)
+        #: The newest position this ledger appended (above ``position`` when another writer
+        #: appended in between: those events are still to be caught up).
+        self.written = self.position
         self.snapshot_every = snapshot_every
         #: Told about every event this ledger appends (the executor's telemetry listens).
         self.on_recorded = on_recorded
@@ -61,7 +64,7 @@ class Ledger:
         """A ledger whose states are rebuilt from the log (snapshots first)."""
         replayed = replay(store)
         ledger = cls(store, replayed.seeds, snapshot_every=snapshot_every, on_recorded=on_recorded)
-        ledger.position = replayed.position
+        ledger.position = ledger.written = replayed.position
         return ledger
 
     def reload(self, seed_ids: Iterable[str]) -> list[str]:
@@ -100,7 +103,11 @@ class Ledger:
     def _append(self, batches: Sequence[PendingAppend]) -> list[AppendResult]:
         """Every append goes through here, so listeners hear of each recorded event once."""
         results = self.store.append_many(batches)
-        self.position = max([self.position, *(e.position for r in results for e in r.events)])
+        mine = sorted(e.position for r in results for e in r.events)
+        if mine:
+            self.written = max(self.written, mine[-1])
+            if mine[0] == self.position + 1:  # nobody else appended in between: still contiguous
+                self.position = mine[-1]
         if self.on_recorded is not None:
             recorded = [e for r in results for e in r.events]
             if recorded:

@@ -94,6 +94,72 @@ def test_a_follower_that_cannot_read_the_log_says_so(tmp_path: Path) -> None:
         leader.close()
 
 
+def test_a_follower_whose_read_fails_part_way_still_follows_what_it_folded(tmp_path: Path) -> None:
+    """Found in review: catch_up folds event by event, so a read that failed after a few
+    left states changed but the model not reconciled, and the retry never did it either."""
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    _, _, leader, follower = _pair(db)
+    try:
+        assert leader.handle(signed(commands.germinate("features.2", "conv_adapter", parameters=FAST))).accepted
+        target = leader.ledger.written
+        real_read = follower.store.read
+
+        def failing_read(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            for count, event in enumerate(real_read(*args, **kwargs)):  # type: ignore[arg-type]
+                if count == 2:  # after DORMANT and GERMINATED, before kernel_attached
+                    raise StoreError("read failed, database unavailable: connection lost")
+                yield event
+
+        follower.store.read = failing_read  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            follower.sync(target)
+        assert follower.state("features.2").stage.name == "GERMINATED"
+        assert follower.sites["features.2"].seed is not None  # reconciled with what was folded
+        follower.store.read = real_read  # type: ignore[method-assign]
+        follower.sync(target)
+        assert follower.ledger.position == target and _view(follower) == _view(leader)
+    finally:
+        follower.close()
+        leader.close()
+
+
+def test_a_follower_never_writes_notes_or_checkpoints(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'run.db'}"
+    _, _, leader, follower = _pair(db)
+    try:
+        head = leader.store.head()[0]
+        with pytest.raises(KasminaError, match="a follower never writes"):
+            follower.note("evaluation", {"acc": 0.5})
+        with pytest.raises(KasminaError, match="a follower never writes"):
+            follower.checkpoint(tmp_path / "ckpt")
+        assert leader.store.head()[0] == head and not (tmp_path / "ckpt").exists()
+    finally:
+        follower.close()
+        leader.close()
+
+
+def test_a_writer_that_was_interleaved_catches_up_on_the_other_writers_events() -> None:
+    """Found in review: the ledger moved its position past another writer's events when it
+    appended after them, so catch_up (and Executor.sync) never folded them."""
+    from kasmina.events.memory import MemoryEventStore
+    from kasmina.ledger import Ledger
+    from kasmina.lifecycle import GateInputs
+    from kasmina.lifecycle import commands as c
+
+    store = MemoryEventStore()
+    a, b = Ledger(store), Ledger(store)
+    germinate = lambda seed: c.Germinate(seed, "conv_adapter", 0, GateInputs(blueprint_known=True,  # noqa: E731
+                                                                             parameters={}))
+    assert a.submit(germinate("x")).accepted
+    assert b.submit(germinate("y")).accepted  # another writer, between a's appends
+    assert a.submit(c.Pause("x", 1)).accepted
+    assert a.written == store.head()[0] and a.position < a.written
+    assert a.state("y").stage.name == "UNKNOWN"
+    a.catch_up()
+    assert a.state("y").stage.name == "GERMINATED" and a.position == store.head()[0]
+    assert digest(a.seeds.values()) == digest(Ledger.open(store).seeds.values())
+
+
 def test_role_is_checked() -> None:
     with pytest.raises(KasminaError, match="role must be"):
         kasmina.Executor(Net(), SITES, db="memory://", secret=SECRET, role="boss")

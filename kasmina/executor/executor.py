@@ -218,6 +218,7 @@ class Executor:
         ``extra`` carries the training loop's own state (anything ``torch.load(...,
         weights_only=True)`` accepts). The newest ``keep`` recorded files are kept.
         """
+        self._writer_only("checkpoint")
         return checkpoints.save(self, directory, extra=extra, keep=keep)
 
     def restore(self) -> Restored | None:
@@ -242,6 +243,7 @@ class Executor:
 
         It is an audit record only: replay ignores it. Returns its position.
         """
+        self._writer_only("note")
         if not isinstance(kind, str) or not kind.strip() or len(kind) > 100:
             raise KasminaError("a note needs a kind: a non-empty string of at most 100 characters")
         body = {"kind": kind, **dict(data or {}), "step": self._step}
@@ -253,6 +255,10 @@ class Executor:
             raise KasminaError(f"note {kind!r} is {size} bytes; the limit is {MAX_NOTE_BYTES}")
         outcome = self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.RUN_NOTE, body)])
         return outcome.events[0].position
+
+    def _writer_only(self, what: str) -> None:
+        if not self.leader:
+            raise KasminaError(f"{what}: a follower never writes to the log; the leader (rank 0) records it")
 
     def __enter__(self) -> Executor:
         return self
@@ -516,8 +522,17 @@ class Executor:
         another writer appended. Raises :class:`StoreError` when the log cannot be read:
         a rank must not carry on with a state the others may not share.
         """
-        recorded = self.ledger.catch_up(upto)
-        self._follow_state(recorded)
+        before = {name: self.ledger.state(name) for name in self.sites}
+        recorded: list[RecordedEvent] = []
+        try:
+            recorded = self.ledger.catch_up(upto)
+        finally:
+            # A read that fails part-way has still folded some events: the model must
+            # follow those too, or a retry would leave this rank's sites behind its state.
+            changed = [n for n in self.sites if self.ledger.state(n) != before[n]]
+            for name in changed:
+                self._reconcile(name)
+            self._follow_state([])
         return [e.position for e in recorded]
 
     def _follow_state(self, recorded: list[RecordedEvent]) -> None:
