@@ -189,3 +189,23 @@ def test_notes_are_recorded_for_audit_and_ignored_by_replay(db: str, tmp_path: P
         "SELECT event_type, payload FROM kasmina_events WHERE position = ?", (position,)).fetchone()
     assert row[0] == "run_note" and json.loads(row[1]) == {"kind": "evaluation", "val_acc": 0.91,
                                                            "split": "validation", "step": 2}
+
+
+def test_two_checkpoints_of_one_step_and_two_runs_in_one_folder_never_overwrite(tmp_path: Path) -> None:
+    """Found in review: files were named by step alone, so a second checkpoint of the same
+    step overwrote the one the log vouched for, and a second run sharing the folder (the
+    demo's default off SQLite) pruned the first run's files."""
+    folder = tmp_path / "shared"
+    runs = [open_run(f"sqlite:///{tmp_path / name}") for name in ("a.db", "b.db")]
+    try:
+        (model, opt, ex), (_, _, other) = runs
+        first = ex.checkpoint(folder)
+        second = ex.checkpoint(folder)  # the same step
+        assert first.step == second.step and first.path != second.path
+        theirs = [other.checkpoint(folder) for _ in range(3)]  # prunes only its own files
+        assert first.path.exists() and second.path.exists()
+        assert checkpoints.latest(ex.store) == (second, [])
+        assert not theirs[0].path.exists() and theirs[1].path.exists() and theirs[2].path.exists()
+    finally:
+        for _, _, executor in runs:
+            executor.close()

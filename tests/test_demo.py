@@ -193,6 +193,18 @@ def test_resume_with_other_settings_is_refused(uninterrupted: tuple[Path, dict[s
     assert _events(db) == before
 
 
+def test_a_run_whose_checkpoints_are_gone_is_not_resumed(tmp_path: Path) -> None:
+    """Found in review: with every checkpoint file gone, --resume re-trained the host and
+    carried on from the log's step, pairing the log's stages with weights never theirs."""
+    db = tmp_path / "lost.db"
+    demo_json(db, "--rng", "3", "--steps", "24", "--host-steps", "20")
+    shutil.rmtree(tmp_path / "lost.db.checkpoints")
+    before = _events(db)
+    done = kasmina("demo", "--db", f"sqlite:///{db}", "--resume", "--quiet", check=False)
+    _one_line_error(done, 1, "cannot be resumed", "no usable checkpoint")
+    assert _events(db) == before
+
+
 def test_a_log_of_something_else_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "sim.db"
     kasmina("simulate", "--db", f"sqlite:///{db}", "--seeds", "2", "--steps", "20", "--quiet")

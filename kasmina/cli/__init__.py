@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resume", action="store_true",
                       help="continue the run in this log from its newest checkpoint (or start one if none)")
     demo.add_argument("--checkpoints", metavar="DIR", default=None,
-                      help="where checkpoints go (default: next to the SQLite file, else ./kasmina-checkpoints)")
+                      help="where checkpoints go (default: next to the SQLite file, else one folder per "
+                           "database under ./kasmina-checkpoints)")
     demo.add_argument("--checkpoint-every", type=pos_int, default=None, metavar="N",
                       help="checkpoint every N steps (default: steps/40)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar and no stage-change lines")

@@ -100,7 +100,10 @@ def _checkpoint_dir(options: DemoOptions) -> Path:
     parsed = parse(options.db)
     if parsed.backend == "sqlite":
         return Path(parsed.sqlite_path).with_name(Path(parsed.sqlite_path).name + ".checkpoints")
-    return Path("kasmina-checkpoints")
+    # One folder per database, so two runs on two logs never share one.
+    url = parsed.url
+    where = f"{url.host or 'local'}-{url.port or 5432}-{url.database or 'db'}" if url is not None else "memory"
+    return Path("kasmina-checkpoints") / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in where)
 
 
 def _check_log(store: EventStore, options: DemoOptions, given: frozenset[str]) -> DemoOptions:
@@ -196,11 +199,17 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
     try:
         options = _check_log(store, options, frozenset(DemoOptions.__slots__) if given is None else given)
         finished = bool(_notes(store, DEMO_FINISHED))
+        started = bool(_notes(store, DEMO_STARTED))
         digits = data.load().to(torch.device(options.device))
         torch.manual_seed(options.rng)
         host = model.DigitsNet(options.hidden).to(options.device)
         optimizer = _optimizer(host, options)
         found, problems = checkpoints.latest(store)
+        if found is None and problems:
+            # Seeds may have moved on since: re-training the host would pair the log's
+            # stages with weights they never belonged to.
+            raise KasminaError(f"the run in {redact(options.db)} cannot be resumed: no usable checkpoint "
+                               f"({problems[0]}); start a new run with another --db")
         for problem in problems:
             tell(f"passing over a checkpoint: {problem}")
         if found is None:  # fresh, or killed before the first checkpoint: pre-training is deterministic
@@ -223,8 +232,9 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
                 tell(f"resumed: log at step {ex.step_count}, model from the checkpoint of step "
                      f"{resumed_from} ({restored.checkpoint.path.name})")
             else:
-                ex.note(DEMO_STARTED, {"config": options.recorded(), "accuracy_at_graft": round(loop.at_graft, 6),
-                                       "sites": list(model.SITES)})
+                if not started:
+                    ex.note(DEMO_STARTED, {"config": options.recorded(),
+                                           "accuracy_at_graft": round(loop.at_graft, 6), "sites": list(model.SITES)})
                 # The grafted starting point: a kill from here on never trains the host alone again.
                 ex.checkpoint(_checkpoint_dir(options), extra=loop.extra())
             first_step = ex.step_count

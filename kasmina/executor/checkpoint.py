@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,9 @@ def save(executor: Executor, directory: str | Path, *, extra: Mapping[str, Any] 
             "extra": dict(extra or {})}
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    path = folder / f"step-{step:09d}.pt"
+    # Unique even for two checkpoints of one step (or two runs sharing a folder): a file the
+    # log already vouches for is never overwritten.
+    path = folder / f"step-{step:09d}-{secrets.token_hex(4)}.pt"
     _write_atomically(path, buffer.getvalue())
     sha = _sha256(path)
     outcome = executor.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.CHECKPOINT_SAVED, {
@@ -173,15 +176,23 @@ def save(executor: Executor, directory: str | Path, *, extra: Mapping[str, Any] 
 
 
 def _prune(folder: Path, referenced: list[Checkpoint], keep: int, *, current: Path) -> None:
-    """Delete older files only once the new one is on record: the newest ``keep`` the log
-    names stay, and so does anything newer than ``current`` (another writer's)."""
+    """Delete older files only once the new one is on record, and only files this log names
+    (another run's files in a shared folder are not ours to delete): the newest ``keep``
+    stay. Temporaries of earlier steps, left by a writer killed mid-write, go too."""
     kept = {c.path for c in referenced[-keep:]} | {current}
-    for old in folder.glob("step-*.pt"):
-        if old not in kept and old.name < current.name:
+    for old in {c.path for c in referenced} - kept:
+        if old.parent == folder:
             old.unlink(missing_ok=True)
-    for partial in folder.glob(".step-*.tmp"):  # left by a writer killed mid-write
-        if partial.name[1:].split(".pt.")[0] + ".pt" < current.name:
+    step = _step_of(current.name)
+    for partial in folder.glob(".step-*.tmp"):
+        if _step_of(partial.name.lstrip(".")) < step:
             partial.unlink(missing_ok=True)
+
+
+def _step_of(name: str) -> int:
+    """The step in a checkpoint file name (``step-000000123-....pt``); -1 if it has none."""
+    digits = name[len("step-"):len("step-") + 9]
+    return int(digits) if digits.isdigit() else -1
 
 
 def history(store: EventStore) -> list[Checkpoint]:
