@@ -94,6 +94,8 @@ def test_audit_query_is_passed_as_written_and_its_errors_are_one_line(
     for query, needle in [("SELECT nope FROM seed_transitions", "audit query failed"),
                           ("SELECT 1; DELETE FROM kasmina_events", "audit query failed"),
                           ("SELECT 1; COMMIT; CREATE TABLE pwned (x int)", "audit query failed"),
+                          *([("SELECT pg_cancel_backend(pg_backend_pid()) AS c, pg_sleep(1) AS s",
+                              "canceling statement")] if backend == "postgres" else []),
                           ("-- sneaky\nDELETE FROM kasmina_events", "read-only queries only")]:
         code, out, err = run_cli(capsys, "audit", "--db", url, "--query", query)
         assert code == EXIT_USER_ERROR and out == "", err

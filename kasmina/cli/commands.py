@@ -145,7 +145,9 @@ def _user_query(conn: Any, sql: str) -> tuple[list[str], list[tuple]]:
             dbapi.InternalError, dbapi.Warning) as e:
         raise KasminaError(f"audit query failed: {' '.join(str(e).split()) or type(e).__name__}") from e
     except dbapi.OperationalError as e:
-        if conn.dialect.name == "sqlite":  # sqlite3 reports query mistakes as OperationalError
+        # sqlite3 reports query mistakes as OperationalError; PostgreSQL a cancelled query
+        # (a statement timeout) as QueryCanceled. Neither means the database is away.
+        if conn.dialect.name == "sqlite" or type(e).__name__ == "QueryCanceled":
             raise KasminaError(f"audit query failed: {' '.join(str(e).split())}") from e
         raise
     finally:
