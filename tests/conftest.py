@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import torch
 
@@ -39,6 +39,29 @@ from sqlalchemy.engine import URL, make_url
 from kasmina.events import EventStore, migrate, open_store
 
 PG_ADMIN = os.environ.get("KASMINA_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+REDIS_URL = os.environ.get("KASMINA_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def unreachable(service: str, where: str, error: BaseException) -> NoReturn:
+    """Skip a test whose server cannot be reached, or fail it when ``CI`` is set (CI has both)."""
+    reason = f"{service} not reachable at {where!r}: {type(error).__name__}: {' '.join(str(error).split())}"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and {reason}")
+    pytest.skip(reason)
+
+
+def require_redis(url: str = REDIS_URL) -> str:
+    """``url`` if the Redis server answers a ping; otherwise :func:`unreachable`."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as e:  # noqa: BLE001 - any failure to reach the server means "no Redis"
+        unreachable("Redis", url, e)
+    finally:
+        client.close()
+    return url
 BACKENDS = ["memory", "sqlite", "postgres"]
 
 
@@ -76,10 +99,7 @@ def pg_database() -> Iterator[str]:
                              database=name,
                              query={"host": info.host} if info.host.startswith("/") else {})
     except Exception as e:  # noqa: BLE001 - any failure to reach the server means "no Postgres"
-        reason = f"PostgreSQL not reachable at {PG_ADMIN!r}: {type(e).__name__}: {' '.join(str(e).split())}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {reason}")
-        pytest.skip(reason)
+        unreachable("PostgreSQL", PG_ADMIN, e)
     try:
         yield url.render_as_string(hide_password=False)
     finally:

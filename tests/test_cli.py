@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kasmina.cli import EXIT_USAGE, EXIT_USER_ERROR, EXIT_VERIFY_FAILED, main
+from conftest import require_redis
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -220,12 +220,7 @@ def test_telemetry_tail_prints_packets_from_redis(capsys: pytest.CaptureFixture[
     from kasmina.events import RecordedEvent
     from kasmina.telemetry import RedisSink, Telemetry
 
-    try:
-        redis.Redis(socket_connect_timeout=1).ping()
-    except redis.RedisError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis not reachable on CI: {e}")
-        pytest.skip(f"Redis not reachable: {e}")
+    require_redis("redis://127.0.0.1:6379/0")
     tag = f"cli{uuid.uuid4().hex[:8]}"
     tel = Telemetry(RedisSink("redis://127.0.0.1:6379/0", dedupe_prefix=f"{tag}:"),
                     normal_stream=f"{tag}.n", emergency_stream=f"{tag}.e")

@@ -61,6 +61,7 @@ import pytest
 from kasmina.cli import commands as cli
 from kasmina.errors import KasminaError
 from kasmina.events import migrate, open_store
+from conftest import REDIS_URL, require_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -76,7 +77,6 @@ SIMULATION = {"seeds": 6, "steps": 300, "rng": 7}
 MAY_BE_EMPTY = "-- may be empty"
 PG_MARKER = "<!-- docs-test: postgres -->"
 REDIS_MARKER = "<!-- docs-test: redis -->"
-REDIS_URL = os.environ.get("KASMINA_TEST_REDIS", "redis://127.0.0.1:6379/0")
 COMMAND_TIMEOUT_S = 300
 TAIL_CHARS = 2000
 
@@ -214,23 +214,6 @@ def run_command(path: Path, command: Command, cwd: Path, env: dict[str, str]) ->
                     f"--- stdout (tail) ---\n{_tail(proc.stdout)}", pytrace=False)
 
 
-def _reachable_redis() -> str:
-    """``REDIS_URL`` if Redis answers; otherwise skip, or fail when CI is set."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as e:  # noqa: BLE001 - any failure to reach the server means "no Redis"
-        reason = f"Redis not reachable at {REDIS_URL!r}: {type(e).__name__}: {' '.join(str(e).split())}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {reason}")
-        pytest.skip(reason)
-    finally:
-        client.close()
-    return REDIS_URL
-
-
 RUNNABLE_FILES = [p for p in DOC_FILES if any(b.tag in ("python", "console") for b in _blocks_or_none(p))]
 
 
@@ -245,7 +228,7 @@ def test_python_and_console_blocks_run(path: Path, tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("KASMINA_SECRET", DOCS_SECRET)
     monkeypatch.delenv("KASMINA_SECRETS", raising=False)
     if REDIS_MARKER in text:
-        monkeypatch.setenv("KASMINA_REDIS", _reachable_redis())
+        monkeypatch.setenv("KASMINA_REDIS", require_redis(REDIS_URL))
     else:
         monkeypatch.delenv("KASMINA_REDIS", raising=False)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import psycopg
 import pytest
 import torch
 from sqlalchemy.engine import make_url
@@ -28,7 +27,7 @@ from kasmina import commands
 from kasmina.events import NewEvent, PendingAppend, migrate, open_store
 from kasmina.lifecycle import events as ev
 from kasmina.rebuild import replay, verify
-from conftest import PG_ADMIN
+from conftest import _admin
 from test_executor import FAST, SECRET, Net, _catalogue, signed, train
 
 SLOWER = {**FAST, "training_steps": 6, "blend_steps": 10}
@@ -41,7 +40,7 @@ class Outage:
         self.name = make_url(url).database
 
     def _admin(self, *sql: str) -> None:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+        with _admin() as conn:
             for statement in sql:
                 conn.execute(statement)
 

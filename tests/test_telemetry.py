@@ -16,7 +16,6 @@ accepts connections but never answers (a hung server: the sink's timeout must fi
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -34,9 +33,9 @@ from kasmina.events import RecordedEvent
 from kasmina.events.upcasting import CURRENT_SCHEMA
 from kasmina.security import sign
 from kasmina.telemetry import MemorySink, RedisSink, Telemetry
+from conftest import REDIS_URL, require_redis
 from test_executor import FAST, SECRET, Net, _catalogue, leaky_blueprint, signed, train
 
-REDIS_URL = os.environ.get("KASMINA_TEST_REDIS", "redis://127.0.0.1:6379/0")
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused at once
 
 NORMAL = "kasmina.telemetry"
@@ -164,15 +163,8 @@ class Streams:
 def streams() -> Iterator[Streams]:
     import redis
 
+    require_redis(REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except Exception as e:  # noqa: BLE001 - any failure to reach the server means "no Redis"
-        client.close()
-        reason = f"Redis not reachable at {REDIS_URL!r}: {type(e).__name__}: {' '.join(str(e).split())}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {reason}")
-        pytest.skip(reason)
     s = Streams(client, f"t{uuid4().hex[:8]}")
     try:
         yield s
