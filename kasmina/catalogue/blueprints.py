@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from kasmina.catalogue.sites import SiteInfo, SiteKind, describe
+
 __all__ = [
     "Blueprint",
     "BottleneckMLP",
@@ -67,8 +69,19 @@ class Blueprint:
     builder: Builder
     parameter_bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     supports: Callable[[nn.Module], bool] = field(default=lambda site: True)
-    example_input: Callable[[nn.Module, int], torch.Tensor | None] | None = None
+    example_input: Callable[[Any, int], torch.Tensor | None] | None = None
     integer_parameters: frozenset[str] = field(default_factory=frozenset)
+    #: The site kinds this blueprint fits (listed by ``kasmina blueprints``; G0 refuses others).
+    #: Empty: any module ``supports`` accepts (a custom blueprint written against modules).
+    kinds: frozenset[SiteKind] = field(default_factory=frozenset)
+    #: A finer check than ``kinds`` (channels divisible by heads, a 1x1 conv): a reason, or None.
+    fits: Callable[[SiteInfo], str | None] | None = None
+    #: The builder, ``fits`` and ``example_input`` take the :class:`SiteInfo`, not the module.
+    takes_info: bool = False
+    #: Blend mode used when a GERMINATE names none: ``"RESIDUAL"`` for a seed that learns a
+    #: delta from zero (LoRA, an added branch), which CONVEX would fade the host out against.
+    #: None: the executor's default (CONVEX).
+    default_blend: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.blueprint_id, str) or not _ID_PATTERN.fullmatch(self.blueprint_id):
@@ -87,6 +100,39 @@ class Blueprint:
         # Frozen means frozen: callers cannot widen the bounds after registration.
         object.__setattr__(self, "parameter_bounds", MappingProxyType(bounds))
         object.__setattr__(self, "integer_parameters", frozenset(self.integer_parameters))
+        object.__setattr__(self, "kinds", frozenset(SiteKind(k) for k in self.kinds))
+
+    def misfit(self, info: SiteInfo) -> str | None:
+        """Why this blueprint cannot grow at ``info``'s site (one line naming both), or None."""
+        where = f"site {info.name!r} ({info.kind.value}" + (f", {info.layout})" if info.layout else ")")
+        if self.kinds and info.kind not in self.kinds:
+            kinds = ", ".join(sorted(k.value for k in self.kinds))
+            return f"blueprint {self.blueprint_id!r} fits {kinds} sites, not {where}"
+        problem = info.problem()
+        if problem is not None:
+            return problem
+        try:
+            ok = bool(self.supports(info.module))
+            reason = self.fits(info) if self.fits is not None else None
+        except Exception as e:  # noqa: BLE001 - a crashing predicate cannot vouch for the site
+            return f"blueprint {self.blueprint_id!r}: its site check raised {type(e).__name__}: {e}"
+        if not ok:
+            return f"blueprint {self.blueprint_id!r} does not fit {where}"
+        return None if reason is None else f"blueprint {self.blueprint_id!r} does not fit {where}: {reason}"
+
+    def _site(self, site: nn.Module | SiteInfo) -> Any:
+        """What the builder was written against: the SiteInfo, or the module."""
+        if self.takes_info:
+            return site if isinstance(site, SiteInfo) else describe("site", site)
+        return site.module if isinstance(site, SiteInfo) else site
+
+    def build(self, site: nn.Module | SiteInfo, generator: torch.Generator, **parameters: float) -> nn.Module:
+        """Call the builder (with the SiteInfo or the module, whichever it was written against)."""
+        return self.builder(self._site(site), generator, **parameters)
+
+    def example(self, site: nn.Module | SiteInfo, batch: int) -> torch.Tensor | None:
+        """A representative CPU input for pre-warm, or None when the blueprint cannot know one."""
+        return None if self.example_input is None else self.example_input(self._site(site), batch)
 
     def __hash__(self) -> int:
         return hash((self.blueprint_id, self.version))
@@ -100,6 +146,8 @@ class Blueprint:
             "parameter_bounds": {k: [lo, hi] for k, (lo, hi) in sorted(self.parameter_bounds.items())},
             "integer_parameters": sorted(self.integer_parameters),
             "builder": _qualified_name(self.builder),
+            **({"kinds": sorted(k.value for k in self.kinds)} if self.kinds else {}),
+            **({"default_blend": self.default_blend} if self.default_blend else {}),
         }
 
 

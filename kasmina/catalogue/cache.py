@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from kasmina.catalogue.blueprints import Blueprint
+from kasmina.catalogue.sites import SiteInfo
 
 __all__ = ["CacheKey", "CachedKernel", "DeviceCache", "place", "site_signature"]
 
@@ -86,9 +87,9 @@ class CachedKernel:
     dtype: torch.dtype
     parameters: Mapping[str, float] = field(default_factory=dict)
 
-    def instantiate(self, site: nn.Module, generator: torch.Generator) -> nn.Module:
+    def instantiate(self, site: nn.Module | SiteInfo, generator: torch.Generator) -> nn.Module:
         """A NEW seed owned by the caller: the builder draws from ``generator``, then it is placed."""
-        module = self.blueprint.builder(site, generator, **self.parameters)
+        module = self.blueprint.build(site, generator, **self.parameters)
         if not isinstance(module, nn.Module):
             raise TypeError(f"builder of {self.blueprint.blueprint_id} returned {type(module).__name__}, "
                             "not an nn.Module")

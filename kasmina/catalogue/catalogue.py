@@ -50,6 +50,7 @@ from torch import nn
 from kasmina.catalogue.blueprints import Blueprint, default_blueprints, is_conv2d, is_linear
 from kasmina.catalogue.breaker import CircuitBreaker
 from kasmina.catalogue.cache import CacheKey, CachedKernel, DeviceCache, site_signature
+from kasmina.catalogue.sites import SiteInfo, SiteKind, UnsupportedSite, describe
 from kasmina.errors import KasminaError
 
 __all__ = ["Catalogue", "CatalogueError", "FetchError", "FetchResult", "UnknownBlueprint",
@@ -207,12 +208,18 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # -- interface probe --------------------------------------------------------------------------
 
 
-def _probe_shapes(site: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def _probe_shapes(info: SiteInfo) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """A small input for the site and the output shape the site gives for it (None: unknown).
 
-    Computed from the site's hyperparameters, never by running the site: the host module may
-    carry hooks (Kasmina's own among them) and live on another device.
+    Computed from the site's hyperparameters or its recorded first forward, never by running
+    the site: the host module may carry hooks (Kasmina's own among them) and live on another
+    device. Embedding sites take integer ids, so they are not probed with zeros.
     """
+    site = info.module
+    if info.kind is SiteKind.EMBEDDING:
+        return None
+    if info.probe is not None:
+        return (1, *info.probe.in_shape), (1, *info.probe.out_shape)
     if is_linear(site):
         assert isinstance(site, nn.Linear)
         return (2, site.in_features), (2, site.out_features)
@@ -233,7 +240,7 @@ def _probe_shapes(site: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]] | 
     return None
 
 
-def _check_interface(module: nn.Module, site: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+def _check_interface(module: nn.Module, site: SiteInfo, device: torch.device, dtype: torch.dtype) -> None:
     """One no-grad forward in eval mode on a zero probe: output shape, device, dtype as the site's.
 
     Opt-in (``Catalogue(probe_interface=True)``): on CPU the first conv of a new geometry costs
@@ -279,6 +286,16 @@ def _placement(site: nn.Module, device: torch.device | str | None,
         device = device if device is not None else (ref.device if ref is not None else "cpu")
         dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.float32)
     return (device if isinstance(device, torch.device) else torch.device(device)), dtype
+
+
+def _info(site: nn.Module | SiteInfo) -> SiteInfo | None:
+    """The site's description (None: a module no seed can grow beside)."""
+    if isinstance(site, SiteInfo):
+        return site
+    try:
+        return describe("site", site)
+    except UnsupportedSite:
+        return None
 
 
 # -- the catalogue ----------------------------------------------------------------------------
@@ -368,10 +385,22 @@ class Catalogue:
         bp = self.get(blueprint_id)
         return self._checksums[(blueprint_id, bp.version if version is None else version)]
 
-    def example_input(self, blueprint_id: str, site: nn.Module, batch: int = 1) -> torch.Tensor | None:
+    def example_input(self, blueprint_id: str, site: nn.Module | SiteInfo, batch: int = 1) -> torch.Tensor | None:
         """A representative CPU input for pre-warm, or None when the blueprint cannot know one."""
-        bp = self.get(blueprint_id)
-        return bp.example_input(site, batch) if bp.example_input is not None else None
+        info = _info(site)
+        return self.get(blueprint_id).example(info, batch) if info is not None else None
+
+    def misfit(self, blueprint_id: str, site: nn.Module | SiteInfo) -> str | None:
+        """Why ``blueprint_id`` cannot grow at ``site`` (unknown, or does not fit), or None: G0's check."""
+        if not self.knows(blueprint_id):
+            return f"unknown blueprint {blueprint_id!r}; known: {', '.join(self.names())}"
+        info = site if isinstance(site, SiteInfo) else None
+        if info is None:
+            try:
+                info = describe("site", site)
+            except UnsupportedSite as e:
+                return str(e)
+        return self.get(blueprint_id).misfit(info)
 
     def invalidate(self, blueprint_id: str | None = None) -> int:
         """Drop cached kernels (of one blueprint, or all): the next fetch re-verifies."""
@@ -379,12 +408,14 @@ class Catalogue:
 
     # -- fetch ----------------------------------------------------------------------------
 
-    def fetch(self, blueprint_id: str, site: nn.Module, *, device: torch.device | str | None = None,
+    def fetch(self, blueprint_id: str, site: nn.Module | SiteInfo, *, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None, generator: torch.Generator,
               parameters: Mapping[str, float] | None = None) -> FetchResult:
         """A new seed for ``site`` built from ``generator`` (see the module docstring).
 
-        ``device``/``dtype`` default to the site's. ``parameters`` may carry the whole command
+        ``site`` is the site's module, or its :class:`SiteInfo` (which a block site needs: its
+        shapes come from its first forward). ``device``/``dtype`` default to the site's.
+        ``parameters`` may carry the whole command
         map: only names the blueprint bounds are used (validated; out of bounds raises
         :class:`FetchError` ``invalid_parameters``), the rest are ignored.
         """
@@ -393,7 +424,13 @@ class Catalogue:
             # None would make the builders draw from the global RNG: no determinism, silently.
             raise TypeError(f"generator must be a torch.Generator (see seed_generator), got {type(generator).__name__}")
         try:
-            place_device, place_dtype = _placement(site, device, dtype)
+            info = _info(site)
+            if info is None:  # no blueprint, the fallback included, can grow here
+                why = f"{type(site).__name__} cannot hold a seed"
+                fallback = self.fallback_blueprint_id
+                raise FetchError("unsupported_site", blueprint_id, why, fallback_reason=(
+                    f"{fallback}: unsupported_site: {why}" if fallback not in (None, blueprint_id) else None))
+            place_device, place_dtype = _placement(info.module, device, dtype)
             if not place_dtype.is_floating_point:
                 raise FetchError("invalid_parameters", blueprint_id, f"dtype {place_dtype} is not floating point")
             params = self._parameters(blueprint_id, parameters)
@@ -405,7 +442,7 @@ class Catalogue:
             failure = _Failure("breaker_open", f"breaker {self.breaker.state.name}")
         else:
             try:
-                module, entry, hit = self._attempt(blueprint_id, site, place_device, place_dtype, generator, params)
+                module, entry, hit = self._attempt(blueprint_id, info, place_device, place_dtype, generator, params)
                 elapsed_ms = self._since(start)
                 if elapsed_ms > self.latency_budget_ms:
                     raise _Failure("latency_budget_exceeded",
@@ -420,9 +457,9 @@ class Catalogue:
                 return FetchResult(module, blueprint_id, blueprint_id, entry.blueprint.version, entry.checksum,
                                    elapsed_ms, hit, False, None)
         generator.set_state(rewind)
-        return self._fallback(blueprint_id, failure, site, place_device, place_dtype, generator, start)
+        return self._fallback(blueprint_id, failure, info, place_device, place_dtype, generator, start)
 
-    def _fallback(self, requested: str, failure: _Failure, site: nn.Module, device: torch.device,
+    def _fallback(self, requested: str, failure: _Failure, site: SiteInfo, device: torch.device,
                   dtype: torch.dtype, generator: torch.Generator, start: float) -> FetchResult:
         fallback = self.fallback_blueprint_id
         if fallback is None or (fallback == requested and failure.reason != "breaker_open"):
@@ -441,13 +478,14 @@ class Catalogue:
         return FetchResult(module, requested, fallback, entry.blueprint.version, entry.checksum, latency_ms,
                            hit, True, failure.reason)
 
-    def _attempt(self, blueprint_id: str, site: nn.Module, device: torch.device, dtype: torch.dtype,
+    def _attempt(self, blueprint_id: str, site: SiteInfo, device: torch.device, dtype: torch.dtype,
                  generator: torch.Generator, params: Mapping[str, float]) -> tuple[nn.Module, CachedKernel, bool]:
         """One fetch of one blueprint, cache first; raises :class:`_Failure`."""
         bp = self._current.get(blueprint_id)
         if bp is None:
             raise _Failure("unknown_blueprint", f"known: {', '.join(self.names())}")
-        key = CacheKey(blueprint_id, bp.version, str(device), str(dtype), site_signature(site),
+        key = CacheKey(blueprint_id, bp.version, str(device), str(dtype),
+                       (*site_signature(site.module), site.kind.value, site.probe, site.causal),
                        tuple(sorted(params.items())))
         entry = self.cache.get(key)
         if entry is not None:
@@ -456,13 +494,9 @@ class Catalogue:
             except _Failure:
                 self.cache.evict(lambda k: k == key)  # a kernel that stopped building is not validated
                 raise
-        try:
-            supported = bool(bp.supports(site))
-        except Exception as e:  # noqa: BLE001 - a crashing predicate cannot vouch for the site
-            raise _Failure("unsupported_site", f"supports() raised {type(e).__name__}: {e}") from e
-        if not supported:
-            raise _Failure("unsupported_site", f"{blueprint_id} does not graft onto {type(site).__name__} "
-                                               f"{site_signature(site)}")
+        misfit = bp.misfit(site)
+        if misfit is not None:
+            raise _Failure("unsupported_site", misfit)
         entry = CachedKernel(bp, self._verify(bp), device, dtype, dict(params))
         module = self._build(entry, site, generator)
         _check_placement(module, device, dtype)
@@ -471,7 +505,7 @@ class Catalogue:
         self.cache.put(key, entry)
         return module, entry, False
 
-    def _build(self, entry: CachedKernel, site: nn.Module, generator: torch.Generator) -> nn.Module:
+    def _build(self, entry: CachedKernel, site: SiteInfo, generator: torch.Generator) -> nn.Module:
         """Instantiate, then refuse parameters that an earlier seed still owns.
 
         Sharing with the *site* is not refused here: that is a gradient-isolation violation,
@@ -486,7 +520,7 @@ class Catalogue:
         issued = self._issued
         reused = [p for p in params if (r := issued.get(id(p))) is not None and r() is p]
         if reused:
-            site_params = {id(q) for q in site.parameters()}
+            site_params = {id(q) for q in site.module.parameters()}
             if any(id(p) not in site_params for p in reused):
                 raise _Failure("shared_parameters", f"builder of {entry.blueprint.blueprint_id} returned "
                                                     "parameters that an earlier seed still owns")
