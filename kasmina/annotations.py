@@ -11,6 +11,9 @@ The controller (Tamiyo's role) may choose a seed's blend mode through command an
   tolerated); elements clamped to [0, 1]; required for CHANNEL.
 * ``alpha_vec_len``: the sender's idea of the length; a disagreement (or a non-integer) is a
   warning only, since the parsed vector is what is used.
+* ``host_gradient``: ``blend`` (default: the host keeps its share of the task gradient while
+  the seed blends in) or ``detached`` (the host learns nothing upstream of the site until the
+  seed is fossilized). It may come without ``blend_mode`` (the mode is then the default).
 
 Every known key that is present is validated whatever the mode. Any invalid value makes the
 whole config fall back to CONVEX (keeping a valid ``blend_mode_source``) with one warning
@@ -24,12 +27,12 @@ import json
 import math
 from typing import Any, Mapping
 
-from kasmina.kernels.blend import BlenderConfig, BlendMode
+from kasmina.kernels.blend import HOST_GRADIENTS, BlenderConfig, BlendMode
 
 __all__ = ["parse_blend_annotations", "BLEND_KEYS", "MAX_VALUE_CHARS", "MAX_ALPHA_VEC_LEN"]
 
 BLEND_KEYS = ("blend_mode", "blend_mode_source", "gate_k", "gate_tau", "alpha_lo", "alpha_hi",
-              "alpha_vec", "alpha_vec_len")
+              "alpha_vec", "alpha_vec_len", "host_gradient")
 #: Longest annotation value accepted (longer values are refused, not truncated).
 MAX_VALUE_CHARS = 4096
 #: Most alpha_vec entries accepted. With the character cap above this cannot be reached from a
@@ -100,8 +103,10 @@ def _alpha_vec(text: str) -> tuple[float, ...]:
     return tuple(_element(item) for item in items)
 
 
-def parse_blend_annotations(annotations: Mapping[str, str]) -> tuple[BlenderConfig | None, list[dict[str, str]]]:
-    """``(config, warnings)``: ``(None, [])`` without ``blend_mode``; never raises on string input.
+def parse_blend_annotations(annotations: Mapping[str, str], *, default_mode: str = "CONVEX",
+                            ) -> tuple[BlenderConfig | None, list[dict[str, str]]]:
+    """``(config, warnings)``: ``(None, [])`` without ``blend_mode`` or ``host_gradient``; never
+    raises on string input. ``default_mode`` is the mode when only ``host_gradient`` is given.
 
     Each warning is ``{"key", "value" (first 200 chars), "message" (one line), "level": "WARNING"}``.
     """
@@ -110,7 +115,9 @@ def parse_blend_annotations(annotations: Mapping[str, str]) -> tuple[BlenderConf
     except Exception as exc:  # a broken Mapping: report it, do not crash the command path
         return BlenderConfig(mode=BlendMode.CONVEX), [_warning("blend_mode", "", f"annotations unreadable: {exc!r}")]
     if not raw.get("blend_mode", "").strip():
-        return None, []
+        if not raw.get("host_gradient", "").strip():
+            return None, []
+        raw["blend_mode"] = default_mode
 
     warnings: list[dict[str, str]] = []
     values: dict[str, Any] = {}
@@ -136,6 +143,11 @@ def parse_blend_annotations(annotations: Mapping[str, str]) -> tuple[BlenderConf
                 values[key] = min(1.0, max(0.0, _number(text)))
             elif key == "alpha_vec":
                 values[key] = _alpha_vec(text)
+            elif key == "host_gradient":
+                choice = text.strip().lower()
+                if choice not in HOST_GRADIENTS:
+                    raise _Invalid(f"host_gradient must be one of {', '.join(HOST_GRADIENTS)}")
+                values[key] = choice
         except _Invalid as exc:
             bad(key, f"{key}: {exc}")
 
@@ -165,7 +177,8 @@ def parse_blend_annotations(annotations: Mapping[str, str]) -> tuple[BlenderConf
     try:
         config = BlenderConfig(mode=mode, alpha_vec=vec, gate_k=values.get("gate_k", 4.0),
                                gate_tau=values.get("gate_tau", 0.2), alpha_lo=min(lo, hi),
-                               alpha_hi=max(lo, hi), source=source)
+                               alpha_hi=max(lo, hi), source=source,
+                               host_gradient=values.get("host_gradient", "blend"))
     except ValueError as exc:  # defensive: everything above should already have been checked
         warnings.append(_warning("blend_mode", raw.get("blend_mode", ""), f"invalid blend config: {exc}"))
         return BlenderConfig(mode=BlendMode.CONVEX, source=source), warnings

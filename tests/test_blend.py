@@ -595,10 +595,14 @@ def test_config_dict_round_trip_is_json_ready() -> None:
         assert BlenderConfig.from_dict(data) == cfg
     data = BlenderConfig(mode="CHANNEL", alpha_vec=(0.25, 1.0), source="s").to_dict()
     assert data == {"mode": "CHANNEL", "alpha_vec": [0.25, 1.0], "alpha_vec_len": 2, "gate_k": 4.0,
-                    "gate_tau": 0.2, "alpha_lo": 0.0, "alpha_hi": 1.0, "source": "s"}
+                    "gate_tau": 0.2, "alpha_lo": 0.0, "alpha_hi": 1.0, "source": "s", "host_gradient": "blend"}
     with pytest.raises(ValueError, match="alpha_vec_len"):
         BlenderConfig.from_dict({**data, "alpha_vec_len": 3})
-    assert BlenderConfig.from_dict({"mode": "residual", "future_key": 1}).mode is BlendMode.RESIDUAL
+    old = BlenderConfig.from_dict({"mode": "residual", "future_key": 1})
+    # A config recorded before host_gradient existed replays as it ran: host detached.
+    assert old.mode is BlendMode.RESIDUAL and old.host_gradient == "detached" and old.detach_host
+    with pytest.raises(ValueError, match="host_gradient"):
+        BlenderConfig(host_gradient="sometimes")
 
 
 def test_public_exports() -> None:

@@ -64,7 +64,15 @@ def _event_row(e: Any) -> dict[str, Any]:
         "from_stage": d.get("from_stage"), "to_stage": d.get("to_stage"), "gate": d.get("gate"),
         "passed": d.get("passed"), "reason": d.get("reason") or d.get("mode") or d.get("message"),
         "command_id": e.command_id, "recorded_at": e.recorded_at.isoformat(sep=" ", timespec="seconds"),
+        **_contribution(d.get("inputs")),
     }
+
+
+def _contribution(inputs: Any) -> dict[str, Any]:
+    """The counterfactual a gate was given (empty when none was measured)."""
+    if not isinstance(inputs, dict) or inputs.get("contribution") is None:
+        return {}
+    return {k: inputs.get(k) for k in ("contribution", "loss_with", "loss_without", "contribution_threshold")}
 
 
 def history(url: str, seed_id: str) -> dict[str, Any]:

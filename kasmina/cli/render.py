@@ -24,12 +24,26 @@ def _mark(passed: Any) -> str:
     return {True: "pass", False: "FAIL"}.get(passed, "")
 
 
+def _contribution(row: dict[str, Any]) -> str:
+    """``+1.234 % (loss 2.31 -> 2.28)``: what the seed changed on the probe batch."""
+    if row.get("contribution") is None:
+        return ""
+    value = row["contribution"]
+    text = f"{value:+.3%}" if isinstance(value, (int, float)) else str(value)
+    return f"{text} (loss {row.get('loss_without'):.4g} -> {row.get('loss_with'):.4g})" \
+        if isinstance(row.get("loss_with"), (int, float)) and isinstance(row.get("loss_without"), (int, float)) else text
+
+
 def history(out: Console, data: dict[str, Any]) -> None:
     rows = [[r["position"], r["step"], r["event"],
              f"{r['from_stage']} -> {r['to_stage']}" if r["to_stage"] else "",
              r["gate"], _mark(r["passed"]), r["reason"], r["command_id"]] for r in data["events"]]
-    out.print(_table(f"history of {data['seed_id']}",
-                     ["pos", "step", "event", "transition", "gate", "verdict", "reason", "command"], rows))
+    columns = ["pos", "step", "event", "transition", "gate", "verdict", "reason", "command"]
+    if any(r.get("contribution") is not None for r in data["events"]):
+        columns.append("contribution")
+        for row, r in zip(rows, data["events"]):
+            row.append(_contribution(r))
+    out.print(_table(f"history of {data['seed_id']}", columns, rows))
 
 
 def replay(out: Console, data: dict[str, Any]) -> None:

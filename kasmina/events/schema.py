@@ -9,7 +9,7 @@ from sqlalchemy import (
 )
 
 #: Alembic revisions this Kasmina knows, oldest first; the last one is the head it needs.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001_event_log",)
+KNOWN_REVISIONS: tuple[str, ...] = ("0001_event_log", "0002_seed_contributions")
 SCHEMA_REVISION = KNOWN_REVISIONS[-1]
 
 metadata = MetaData()

@@ -35,9 +35,12 @@ from kasmina.errors import KasminaError, StaleVersion, StoreError, StoreUnavaila
 from kasmina.events import EventStore, RecordedEvent
 from kasmina.executor import checkpoint as checkpoints
 from kasmina.executor.checkpoint import Checkpoint, Restored
+from kasmina.catalogue.sites import SiteInfo, describe
+from kasmina.executor import optim
+from kasmina.executor.counterfactual import THRESHOLD_KEY, Counterfactual, LossFn, ProbeFn
 from kasmina.executor.isolation import IsolationMonitor, shared_parameters
 from kasmina.executor.measure import MetricPolicy, SiteRuntime, measure
-from kasmina.executor.site import SeedSite, SiteMode, inject, module_placement
+from kasmina.executor.site import STATS_EVERY, SeedSite, SiteMode, inject, module_placement
 from kasmina.kernels.blend import BlenderConfig, BlendMode
 from kasmina.lifecycle.schedule import AlphaSchedule
 from kasmina.ledger import Ledger, Outcome
@@ -72,6 +75,8 @@ _MODES: Mapping[Stage, SiteMode] = {
 }
 #: Gates that read the metrics the training loop reports.
 _METRIC_GATES = frozenset({Gate.G1_GRADIENT_HEALTH, Gate.G4_SYSTEM_IMPACT})
+#: Stages past TRAINING, whose seed's contribution is measured when a gate falls due.
+_CONTRIBUTING = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY})
 #: Stages whose seed collects isolation statistics (WP-K2).
 _HOOKED = frozenset({Stage.TRAINING, Stage.BLENDING})
 LEADER, FOLLOWER = "leader", "follower"
@@ -129,6 +134,10 @@ class Executor:
         prewarm: Callable[[str], Tensor | None] | None = None,
         verifier: Verifier | None = None,
         role: str = LEADER,
+        probe: ProbeFn | None = None,
+        loss_fn: LossFn | None = None,
+        contribution_threshold: float = 0.01,
+        causal: bool | None = None,
     ) -> None:
         if role not in (LEADER, FOLLOWER):
             raise KasminaError(f"role must be {LEADER!r} or {FOLLOWER!r}, got {role!r}")
@@ -148,12 +157,17 @@ class Executor:
         self._owns_store = not isinstance(db, EventStore)
         self.ledger = Ledger.open(self.store, on_recorded=self.telemetry.record)
         self.sites: dict[str, SeedSite] = inject(model, list(sites))
+        #: Sequence blueprints mask the future by default when the host is a causal LM.
+        self.causal = _causal_lm(model) if causal is None else bool(causal)
+        self.counterfactual = Counterfactual(model, probe=probe, loss_fn=loss_fn, threshold=contribution_threshold)
         #: Module hooks the user's own model had at each site: G5 counts only ours.
         self._base_hooks = {name: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                                       for m in site.modules()) for name, site in self.sites.items()}
         #: The host's own parameters, taken before any seed exists: what a seed must not touch.
         self._host_params: list[Tensor] = list(model.parameters())
         self._runtime: dict[str, SiteRuntime] = {}
+        #: seed id -> the optimizer group of its host layer, which the seed's group follows.
+        self._host_groups: dict[str, dict[str, Any]] = {}
         self._metrics: dict[str, float | Tensor] = {}
         self._facts: list[tuple[str, ev.Event]] = []
         self._fused_warm: set[tuple[torch.device, torch.dtype]] = set()
@@ -201,6 +215,7 @@ class Executor:
         for runtime in self._runtime.values():
             if runtime.monitor is not None:
                 runtime.monitor.close()
+        self.counterfactual.close()
         try:
             if self.leader:
                 self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.EXECUTOR_CLOSED, {"step": self._step})])
@@ -293,13 +308,18 @@ class Executor:
             raise KasminaError(f"no seed site {seed_id!r} (sites: {', '.join(self.sites)})") from None
 
     def run_probe(self, seed_id: str, fn: Callable[[], Any]) -> Any:
-        """The one entry for probes: SHADOWING/PROBATIONARY run under ``inference_mode``."""
+        """The one entry for probes: a seed past TRAINING is probed under ``inference_mode``."""
         stage = self.ledger.state(seed_id).stage
-        if stage in (Stage.SHADOWING, Stage.PROBATIONARY):
+        if stage in _CONTRIBUTING:
             with torch.inference_mode():
                 return fn()
         with torch.no_grad():
             return fn()
+
+    def site_info(self, seed_id: str) -> SiteInfo:
+        """What the site is (kind, layout, channels; shapes once it has run a forward)."""
+        site = self._site(seed_id)
+        return describe(seed_id, site.base_layer, site.probe, causal=self.causal)
 
     # -- commands -------------------------------------------------------------------------
     def handle(self, command: leyline.AdaptationCommand | bytes) -> Result:
@@ -406,11 +426,21 @@ class Executor:
         op = cmd.seed_operation
         blueprint_id = op.blueprint_id
         parameters = dict(op.parameters)
-        base = self.sites[site].base_layer
-        known = self.catalogue.knows(blueprint_id) and self.catalogue.get(blueprint_id).supports(base)
-        bounds = self.catalogue.bounds(blueprint_id) if self.catalogue.knows(blueprint_id) else {}
-        config, warnings = parse_blend_annotations(dict(cmd.annotations))
-        config, warnings = _fit_channels(config, warnings, base)
+        info = self.site_info(site)
+        known = self.catalogue.knows(blueprint_id)
+        blueprint = self.catalogue.get(blueprint_id) if known else None
+        bounds = blueprint.parameter_bounds if blueprint is not None else {}
+        default_mode = (blueprint.default_blend if blueprint is not None else None) or BlendMode.CONVEX.value
+        config, warnings = parse_blend_annotations(dict(cmd.annotations), default_mode=default_mode)
+        if config is None:  # recorded either way, so replay knows the blend and the host's gradient
+            config = BlenderConfig(mode=default_mode, source="blueprint default" if blueprint is not None
+                                   and blueprint.default_blend else "default")
+        misfit = blueprint.misfit(info) if blueprint is not None else None
+        if misfit is None and config.mode is BlendMode.CHANNEL and info.out_features is not None:
+            try:
+                config.check_channels(info.out_features)
+            except ValueError as e:
+                misfit = f"{e} (site {site!r}, {info.layout or info.kind.value}, dim {info.channel_dim})"
         schedule = cmd.annotations.get("alpha_schedule", "SIGMOID")
         try:
             schedule = AlphaSchedule.parse(schedule).name
@@ -422,8 +452,9 @@ class Executor:
         baseline = baseline if baseline is not None and math.isfinite(baseline) else None
         germinate = c.Germinate(
             site, blueprint_id, self._step,
-            GateInputs(blueprint_known=known, parameters=parameters, parameter_bounds=dict(bounds)),
-            parameters=parameters, blend=config.to_dict() if config is not None else None,
+            GateInputs(blueprint_known=known, parameters=parameters, parameter_bounds=dict(bounds),
+                       site_fits=misfit is None if known else None, site_detail=misfit),
+            parameters=parameters, blend=config.to_dict(),
             warnings=tuple(warnings), baseline_metric=baseline, schedule=schedule,
         )
         return self._submit(germinate, cmd)
@@ -488,6 +519,11 @@ class Executor:
         if metrics:
             self._metrics.update({str(k): v for k, v in metrics.items()})
         self._step += 1
+        if self.optimizer is not None and self._host_groups:
+            optim.follow_host_groups(self.optimizer, self._host_groups)
+        sample = self._step % STATS_EVERY == 0
+        for site in self.sites.values():
+            site.sample_stats = sample
         recorded: list[RecordedEvent] = []
         if self.leader and time.monotonic() >= self._retry_at:
             try:
@@ -592,7 +628,7 @@ class Executor:
             if self.optimizer is not None else 0
         inputs = measure(site, runtime, state, gates, host_params=self._host_params, metrics=metrics,
                          policy=self.policy, base_hooks=self._base_hooks.get(state.seed_id, 0),
-                         leftover_groups=leftover)
+                         leftover_groups=leftover, contribution=self._contribution(state, gates))
         if runtime is not None and runtime.violations and not runtime.facts.get("violation_recorded"):
             # Recorded after the decision that uses it (the tick appends with the seed's
             # current version, so nothing may be appended to that stream in between).
@@ -600,6 +636,30 @@ class Executor:
             self._facts.append((state.seed_id, ev.Event(ev.ISOLATION_VIOLATION, {
                 "count": runtime.violations, "step": self._step, "detail": "seed output depends on host parameters"})))
         return inputs
+
+    def _contribution(self, state: SeedState, gates: tuple[Gate, ...]) -> dict[str, Any]:
+        """The counterfactual's gate inputs for a seed past TRAINING (empty when not measurable).
+
+        G4 requires the contribution (the command's ``contribution_threshold``, else the
+        executor's) whenever a probe batch exists; a probe that fails leaves it unmeasured,
+        so the gate fails closed.
+        """
+        site = self.sites[state.seed_id]
+        if state.stage not in _CONTRIBUTING or site.seed is None or not gates or not self.counterfactual.available():
+            return {}
+        values: dict[str, Any] = {}
+        if Gate.G4_SYSTEM_IMPACT in gates:
+            values["contribution_threshold"] = float(state.parameters.get(THRESHOLD_KEY,
+                                                                          self.counterfactual.threshold))
+        try:
+            losses = self.counterfactual.measure(site, lambda fn: self.run_probe(state.seed_id, fn))
+        except Exception as e:  # noqa: BLE001 - the user's probe or loss failed: not measured, and why
+            values["contribution_detail"] = " ".join(f"probe failed: {type(e).__name__}: {e}".split())[:500]
+            return values
+        if losses is None:  # the last batch does not score itself: nothing to measure on
+            return {}
+        values.update({k: round(v, 9) for k, v in losses.read().items()})
+        return values
 
     def _flush_facts(self) -> None:
         facts, self._facts = self._facts, []
@@ -623,6 +683,14 @@ class Executor:
         stage = Stage.FOSSILIZED if state.stage is Stage.TERMINATED else state.stage
         site.mode = SiteMode.PAUSED if state.paused else _MODES[stage]
         site.config = BlenderConfig.from_dict(state.blend) if state.blend else None
+        # A seed germinated before the choice was recorded ran with its host detached.
+        site.detach_host = site.config.detach_host if site.config is not None else True
+        info = self.site_info(name)
+        site.channel_dim = info.channel_dim
+        if site.config is not None and site.config.mode is BlendMode.CHANNEL and info.out_ndim is not None:
+            # Built now, outside the forward: a traced forward must find its cache complete.
+            device, dtype = module_placement(site.base_layer)
+            site.config.channel_weights(device, dtype, 1 if info.channel_dim == -1 else info.out_ndim)
         site.alpha.fill_(alpha_for(state, self._step))
         if stage in _HOOKED and not state.paused:
             if runtime.monitor is None and site.seed is not None:
@@ -638,8 +706,8 @@ class Executor:
         device, dtype = module_placement(site.base_layer)
         generator = seed_generator(self.run_seed, name, state.generation)
         try:
-            fetched = self.catalogue.fetch(state.blueprint_id or "", site.base_layer, device=device, dtype=dtype,
-                                           generator=generator, parameters=state.parameters)
+            fetched = self.catalogue.fetch(state.blueprint_id or "", self.site_info(name), device=device,
+                                           dtype=dtype, generator=generator, parameters=state.parameters)
         except FetchError as e:
             # The leader culls on record; a follower waits for that cull to reach it.
             if self.leader and self.ledger.submit(c.Cull(name, self._step, f"kernel fetch failed: {e}")).accepted:
@@ -657,12 +725,10 @@ class Executor:
         runtime.prewarm_ms = self._prewarm_seed(name, site, fetched.blueprint_id_used)
         self._runtime[name] = runtime
         if self.optimizer is not None:
-            # Keyed by seed id, not by position; parameters the optimizer already holds
-            # (a seed sharing host weights: an isolation violation) are not added twice.
-            known = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-            fresh = [p for p in fetched.module.parameters() if p.requires_grad and id(p) not in known]
-            if fresh:
-                self.optimizer.add_param_group({"params": fresh, "kasmina_seed": name})
+            # Keyed by seed id, not by position, with its host layer's hyperparameters.
+            source = optim.add_seed_group(self.optimizer, name, fetched.module.parameters(), site.base_layer)
+            if source is not None:
+                self._host_groups[name] = source
         facts = [ev.Event(ev.KERNEL_ATTACHED, {
             "requested": state.blueprint_id, "used": fetched.blueprint_id_used, "version": fetched.version,
             "checksum": fetched.checksum, "fetch_ms": round(fetched.latency_ms, 4), "cache_hit": fetched.cache_hit,
@@ -685,14 +751,13 @@ class Executor:
         """
         example = self._prewarm(name) if self._prewarm is not None else None
         if example is None and self.catalogue.knows(blueprint_id):
-            make = self.catalogue.get(blueprint_id).example_input
-            example = make(site.base_layer, 2) if make is not None else None
+            example = self.catalogue.example_input(blueprint_id, self.site_info(name), 2)
         if example is None:
-            example = site.last_input
+            example = site.probe_input()
         if example is None or site.seed is None:
             return None
         device, dtype = module_placement(site.base_layer)
-        example = example.to(device=device, dtype=dtype)
+        example = example.to(device=device, dtype=dtype) if example.is_floating_point() else example.to(device)
         started = time.perf_counter()
         with torch.inference_mode():
             site.seed(example)
@@ -710,29 +775,14 @@ class Executor:
                                               if g.get("kasmina_seed") != name]
             for p in [p for p in self.optimizer.state if id(p) in params]:
                 del self.optimizer.state[p]
+        self._host_groups.pop(name, None)
         site.seed = None
         site.mode = SiteMode.DORMANT
         site.config = None
         site.last_input = None
+        site.last_host = None
         site.interface_error = None
         site.alpha.zero_()
-
-
-def _fit_channels(config: BlenderConfig | None, warnings: list[dict[str, str]],
-                  base: nn.Module) -> tuple[BlenderConfig | None, list[dict[str, str]]]:
-    """CHANNEL's vector must match the site's channels: checked when it is configured."""
-    if config is None or config.mode is not BlendMode.CHANNEL:
-        return config, warnings
-    channels = getattr(base, "out_channels", None) or getattr(base, "out_features", None)
-    if channels is None:
-        return config, warnings
-    try:
-        config.check_channels(int(channels))
-    except ValueError as e:
-        warnings = [*warnings, {"key": "alpha_vec", "value": str(len(config.alpha_vec or ()))[:200],
-                                "message": str(e), "level": "WARNING"}]
-        config = BlenderConfig(mode=BlendMode.CONVEX, source=config.source)
-    return config, warnings
 
 
 def _result(outcome: Outcome) -> Result:
@@ -763,6 +813,13 @@ def _nul_field(message: Any, prefix: str = "") -> str | None:
                 if found:
                     return found
     return None
+
+
+def _causal_lm(model: nn.Module) -> bool:
+    """A Hugging Face causal language model (``GPT2LMHeadModel``, ``...ForCausalLM``, a decoder)."""
+    name = type(model).__name__
+    config = getattr(model, "config", None)
+    return "CausalLM" in name or "LMHead" in name or bool(getattr(config, "is_decoder", False))
 
 
 def _why(reason: str) -> str:

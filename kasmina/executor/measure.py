@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from kasmina.executor.counterfactual import autocast_like
 from kasmina.executor.isolation import IsolationMonitor, leaked_parameters
 from kasmina.executor.site import SeedSite
 from kasmina.lifecycle.gates import GateInputs
@@ -44,11 +45,17 @@ class MetricPolicy:
 
 
 def _probe(site: SeedSite) -> tuple[Tensor, Tensor] | None:
-    """The seed's and the host's output on the site's last input, without autograd."""
-    if site.seed is None or site.last_input is None:
+    """The seed's output on the site's last input (without autograd, in the dtype that forward
+    ran in) and the host's output of that forward."""
+    x = site.probe_input()
+    if site.seed is None or x is None or site.last_host is None:
         return None
-    with torch.no_grad():
-        return site.seed(site.last_input), site.base_layer(site.last_input)
+    with torch.no_grad(), autocast_like(site):
+        seed = site.seed(x)
+    host = site.last_host
+    if seed.dtype != host.dtype and seed.is_floating_point():
+        seed = seed.to(host.dtype)  # as the forward casts it under autocast
+    return seed, host
 
 
 def _grads_finite(seed: nn.Module) -> bool:
@@ -69,14 +76,20 @@ def measure(
     policy: MetricPolicy,
     base_hooks: int = 0,
     leftover_groups: int = 0,
+    contribution: Mapping[str, Any] | None = None,
 ) -> GateInputs:
-    """Gate inputs for ``gates``; anything that cannot be measured is left ``None``."""
-    values: dict[str, Any] = {"latency_budget_ms": policy.latency_budget_ms}
+    """Gate inputs for ``gates``; anything that cannot be measured is left ``None``.
+
+    ``contribution`` holds the counterfactual's figures (measured by the executor, which owns
+    the model and the probe batch), recorded with every gate past TRAINING.
+    """
+    values: dict[str, Any] = {"latency_budget_ms": policy.latency_budget_ms, **(contribution or {})}
     probe = _probe(site) if set(gates) & {Gate.G1_GRADIENT_HEALTH, Gate.G2_STABILITY, Gate.G3_INTERFACE} else None
     if runtime is not None and site.seed is not None and site.last_input is not None and (
         set(gates) & {Gate.G1_GRADIENT_HEALTH, Gate.G4_SYSTEM_IMPACT}
     ):
-        runtime.violations += leaked_parameters(site.seed, site.last_input, host_params)
+        with autocast_like(site):
+            runtime.violations += leaked_parameters(site.seed, site.probe_input(), host_params)
     violations = runtime.violations if runtime is not None else 0
     if Gate.G1_GRADIENT_HEALTH in gates:
         values["kernel_attached"] = site.seed is not None

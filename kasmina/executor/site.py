@@ -6,31 +6,43 @@ produces an output shaped like the site's output. What the branch contributes de
 on the site's :class:`SiteMode`, which the executor derives from the replayed lifecycle
 state; the forward pass itself never touches the database and never syncs with the host.
 
-A dormant site costs one attribute check: ``forward`` calls ``base_layer`` and returns.
+A site's forward may return a tensor, a tuple or a ``ModelOutput``-like mapping (Hugging
+Face blocks): the first element is the hidden state that is blended, the rest passes
+through untouched. Per-step state lives in tensors (alpha) or is set by the executor
+between steps (mode, config, ``sample_stats``), never counted inside the forward, so a
+model the user wraps in ``torch.compile`` recompiles only when a stage changes.
+
+A dormant site costs two attribute checks: ``forward`` calls ``base_layer`` and returns.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from kasmina.catalogue.sites import Probe, check_site
 from kasmina.kernels.blend import BlenderConfig, BlendStats, blend
 
 
-#: Blend statistics are sampled on one forward in this many: the summary stays representative,
-#: and the other forwards can take the fused single-pass kernel (which keeps no statistics).
+#: Blend statistics are sampled on one step in this many (the executor sets
+#: :attr:`SeedSite.sample_stats`): the summary stays representative, and the other forwards
+#: can take the fused single-pass kernel (which keeps no statistics).
 STATS_EVERY = 8
+
+#: Keyword names under which a site's main input may arrive (Hugging Face blocks are often
+#: called with ``hidden_states=...``), in the order they are looked for.
+_INPUT_KEYS = ("hidden_states", "input", "x", "input_ids", "inputs_embeds", "query")
 
 
 class SiteMode(str, Enum):
     DORMANT = "dormant"          # no seed: the host module alone
     PAUSED = "paused"            # a seed is attached but does not run
     TRAINING = "training"        # output == host exactly; the seed learns straight-through
-    BLENDING = "blending"        # host (detached) blended with the seed at alpha
-    ACTIVE = "active"            # SHADOWING / PROBATIONARY: alpha 1, host still detached
+    BLENDING = "blending"        # host blended with the seed at alpha (host gradient: see config)
+    ACTIVE = "active"            # SHADOWING / PROBATIONARY: alpha 1
     FOSSILIZED = "fossilized"    # permanent: alpha 1, gradients reach the host as usual
 
 
@@ -52,6 +64,51 @@ class _StraightThrough(torch.autograd.Function):
         return grad, grad
 
 
+def _tracing() -> bool:
+    """Whether the user's ``torch.compile`` is tracing this forward (Kasmina never compiles).
+
+    Per-forward Python bookkeeping (blend statistics) stays out of a traced graph: every new
+    value would be a new guard, and a recompilation.
+    """
+    return torch.compiler.is_compiling()
+
+
+def primary_input(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Tensor | None:
+    """The tensor a site transforms: its first positional tensor, else a known keyword."""
+    for value in args:
+        if isinstance(value, Tensor):
+            return value
+    for key in _INPUT_KEYS:
+        if isinstance(kwargs.get(key), Tensor):
+            return kwargs[key]
+    return next((v for v in kwargs.values() if isinstance(v, Tensor)), None)
+
+
+def hidden_of(out: Any) -> Tensor | None:
+    """The hidden state in a site's output: the tensor, or the first element of a tuple or
+    of a ``ModelOutput``-like mapping (the rest passes through untouched)."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0] if out and isinstance(out[0], Tensor) else None
+    if isinstance(out, Mapping):
+        first = next(iter(out.values()), None)
+        return first if isinstance(first, Tensor) else None
+    return None
+
+
+def _with_hidden(out: Any, hidden: Tensor) -> Any:
+    """``out`` with its hidden state replaced by ``hidden``."""
+    if isinstance(out, Tensor):
+        return hidden
+    if isinstance(out, tuple):
+        return (hidden, *out[1:])
+    if isinstance(out, list):
+        return [hidden, *out[1:]]
+    out[next(iter(out.keys()))] = hidden  # a fresh ModelOutput: setting an item sets the attribute too
+    return out
+
+
 class SeedSite(nn.Module):
     """A host submodule with a slot for one seed at a time."""
 
@@ -62,14 +119,25 @@ class SeedSite(nn.Module):
         self.seed: nn.Module | None = None
         self.mode = SiteMode.DORMANT
         self.config: BlenderConfig | None = None
+        #: The dim CHANNEL and CONFIDENCE read channels from: 1 (convs, 4-D blocks) or -1
+        #: (features last: Linear, Conv1D, Embedding, (B, T, D) blocks). Set by the executor.
+        self.channel_dim = 1
+        #: The host gets no gradient through the blend before FOSSILIZED (from the config).
+        self.detach_host = False
         self.stats = BlendStats()
-        self._forwards = 0
+        #: Set by the executor on the steps whose forwards record blend statistics.
+        self.sample_stats = False
+        #: The counterfactual: while set, the site is the host alone (its seed removed).
+        self.bypass = False
         # On the host module's device from the start (a CPU alpha would make every blend
         # copy it to the GPU: a sync per step); it follows later .to() calls as a buffer.
         self.register_buffer("alpha", torch.zeros((), device=module_placement(base_layer)[0]), persistent=False)
-        #: What the last forward saw (detached views, no copies): probes and gates reuse it.
+        #: Shapes of the first real forward: what a block site (or a conv's spatial size) is.
+        self.probe: Probe | None = None
+        #: What the last forward saw (detached, no copies): probes and gates reuse them. An
+        #: input seen under ``inference_mode`` is an inference tensor: use :meth:`probe_input`.
         self.last_input: Tensor | None = None
-        self.last_output_meta: tuple[torch.Size, torch.dtype, torch.device] | None = None
+        self.last_host: Tensor | None = None
         #: Set (in Python, from shapes alone) when the seed's output does not fit the site.
         self.interface_error: str | None = None
 
@@ -79,29 +147,49 @@ class SeedSite(nn.Module):
     def extra_repr(self) -> str:
         return f"site={self.site!r}, mode={self.mode.value}"
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        host = self.base_layer(x, *args, **kwargs)
+    def probe_input(self) -> Tensor | None:
+        """The last input, usable with autograd (an inference tensor is copied out first)."""
+        x = self.last_input
+        if x is not None and x.is_inference():
+            with torch.inference_mode(False):
+                x = x.clone()
+        return x
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.base_layer(*args, **kwargs)
+        if self.probe is None:
+            self._record_probe(primary_input(args, kwargs), hidden_of(out))
         mode = self.mode
-        if mode is SiteMode.DORMANT or mode is SiteMode.PAUSED or self.seed is None:
-            return host
+        if mode is SiteMode.DORMANT or mode is SiteMode.PAUSED or self.seed is None or self.bypass:
+            return out
+        x, host = primary_input(args, kwargs), hidden_of(out)
+        if x is None or host is None:
+            self.interface_error = f"site output {type(out).__name__} holds no hidden-state tensor"
+            return out
         seed_input = x if mode is SiteMode.FOSSILIZED else x.detach()
-        if not torch.is_inference_mode_enabled():  # an inference tensor could not be probed with autograd later
-            self.last_input = seed_input.detach()
-        self.last_output_meta = (host.shape, host.dtype, host.device)
+        self.last_input = seed_input.detach()
+        self.last_host = host.detach()
         seed = self.seed(seed_input)
+        if seed.dtype != host.dtype and seed.is_floating_point() and torch.is_autocast_enabled(host.device.type):
+            seed = seed.to(host.dtype)  # an fp32 norm or softmax at the end of a seed under autocast
         if seed.shape != host.shape or seed.dtype != host.dtype or seed.device != host.device:
             # Never let a misfit seed break the training step: the host runs alone and
             # gate G3 culls the seed with this reason.
             self.interface_error = (f"seed output {tuple(seed.shape)} {seed.dtype} on {seed.device}, "
                                     f"site output {tuple(host.shape)} {host.dtype} on {host.device}")
-            return host
+            return out
         if mode is SiteMode.TRAINING:
-            return _StraightThrough.apply(host, seed)
-        self._forwards += 1
-        stats = self.stats if self._forwards % STATS_EVERY == 1 else None
-        if mode is SiteMode.BLENDING:
-            return blend(host, seed, self.alpha, self.config, stats=stats)
-        return blend(host, seed, 1.0, self.config, stats=stats, detach_host=mode is not SiteMode.FOSSILIZED)
+            return _with_hidden(out, _StraightThrough.apply(host, seed))
+        stats = self.stats if not _tracing() and self.sample_stats else None
+        alpha = self.alpha if mode is SiteMode.BLENDING else 1.0
+        detach = self.detach_host and mode is not SiteMode.FOSSILIZED
+        return _with_hidden(out, blend(host, seed, alpha, self.config, stats=stats, detach_host=detach,
+                                       channel_dim=self.channel_dim))
+
+    def _record_probe(self, x: Tensor | None, host: Tensor | None) -> None:
+        if x is not None and host is not None and x.dim() >= 1 and host.dim() >= 1:
+            self.probe = Probe(tuple(x.shape[1:]), tuple(host.shape[1:]), str(x.dtype).removeprefix("torch."),
+                               str(host.dtype).removeprefix("torch."))
 
 
 def split_name(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Module]:
@@ -129,6 +217,8 @@ def inject(model: nn.Module, names: list[str]) -> dict[str, SeedSite]:
         problems.append(f"sites {nested[0][0]!r} and {nested[0][1]!r} are nested")
     if problems:
         raise ValueError("; ".join(problems))
+    for name in names:  # before any is replaced: a refused site leaves the model as it was
+        check_site(name, model.get_submodule(name))
     sites: dict[str, SeedSite] = {}
     for name in names:
         parent, child_name, child = split_name(model, name)

@@ -5,10 +5,15 @@ detached, so no gradient can reach the host through the blend (the isolation inv
 
 * CONVEX:     out = h + a·(s − h)                        one ``torch.lerp``
 * RESIDUAL:   out = h + a·s                              one ``torch.add`` / ``torch.addcmul``
-* CHANNEL:    a_c = clamp(a·alpha_vec[c], 0, 1) on dim 1  one ``torch.lerp`` (broadcast weight)
+* CHANNEL:    a_c = clamp(a·alpha_vec[c], 0, 1) on the channel dim   one ``torch.lerp`` (broadcast weight)
 * CONFIDENCE: a_n = clamp(a·sigmoid(k·(margin_n − tau)), alpha_lo, alpha_hi) per sample,
-              margin = top-1 minus top-2 softmax probability of the (detached) seed output;
-              3-D and larger maps are averaged over every dim after 1 first.
+              margin = top-1 minus top-2 softmax probability of the (detached) seed output
+              over the channel dim; with channels on dim 1, 3-D and larger maps are averaged
+              over every dim after 1 first.
+
+The channel dim is 1 by default ((B, C), (B, C, H, W)); sequence activations (B, T, D) carry
+their features last, and ``channel_dim=-1`` blends CHANNEL over D and gates CONFIDENCE per
+token (one margin per (b, t) over D).
 
 Every mode is a single fused elementwise pass over the activations (CONFIDENCE adds one
 read-only reduction of the seed for its per-sample gate). Alpha may be a Python float or a
@@ -33,7 +38,10 @@ from torch import Tensor
 
 from kasmina.lifecycle.naming import NamedEnum
 
-__all__ = ["BlendMode", "BlenderConfig", "BlendStats", "blend"]
+__all__ = ["BlendMode", "BlenderConfig", "BlendStats", "blend", "HOST_GRADIENTS"]
+
+#: ``host_gradient`` choices: the host's share of the gradient while blending, or none.
+HOST_GRADIENTS = ("blend", "detached")
 
 #: Set only by ``kasmina.kernels.fused.on_cpu()``: CPU blends then take the fused kernels,
 #: interpreted by Triton (tests and debugging; never in training).
@@ -79,6 +87,9 @@ class BlenderConfig:
     alpha_lo: float = 0.0
     alpha_hi: float = 1.0
     source: str | None = None
+    #: What the host receives while its seed blends in (the site's choice, K1's blend is
+    #: unchanged): ``"blend"`` its share of the task gradient, ``"detached"`` none.
+    host_gradient: str = "blend"
     _vec_cache: dict[tuple[torch.device, torch.dtype, int], Tensor] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
@@ -110,6 +121,14 @@ class BlenderConfig:
         object.__setattr__(self, "alpha_hi", hi)
         if self.source is not None and not isinstance(self.source, str):
             object.__setattr__(self, "source", str(self.source))
+        choice = str(self.host_gradient).strip().lower()
+        if choice not in HOST_GRADIENTS:
+            raise ValueError(f"host_gradient must be one of {', '.join(HOST_GRADIENTS)}, got {self.host_gradient!r}")
+        object.__setattr__(self, "host_gradient", choice)
+
+    @property
+    def detach_host(self) -> bool:
+        return self.host_gradient == "detached"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: the payload of the ``blend_config`` event (and so of replay)."""
@@ -123,6 +142,7 @@ class BlenderConfig:
             "alpha_lo": self.alpha_lo,
             "alpha_hi": self.alpha_hi,
             "source": self.source,
+            "host_gradient": self.host_gradient,
         }
 
     @classmethod
@@ -137,6 +157,8 @@ class BlenderConfig:
             alpha_lo=data.get("alpha_lo", 0.0),
             alpha_hi=data.get("alpha_hi", 1.0),
             source=data.get("source"),
+            # A config recorded before the choice existed kept the host detached.
+            host_gradient=data.get("host_gradient", "detached"),
         )
         declared = data.get("alpha_vec_len")
         actual = 0 if config.alpha_vec is None else len(config.alpha_vec)
@@ -338,14 +360,25 @@ def _per_sample_margin(seed: Tensor, calc: torch.dtype) -> Tensor:
     return top2[:, 0] - top2[:, 1]
 
 
+def _per_token_margin(seed: Tensor, calc: torch.dtype) -> Tensor:
+    """Top-1 minus top-2 softmax probability over the last dim, one per position: (B, T, ...)."""
+    z = seed.detach()
+    if z.shape[-1] < 2:
+        return torch.ones(z.shape[:-1], dtype=calc, device=z.device)
+    top2 = torch.softmax(z, dim=-1, dtype=calc).topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
 def blend(host: Tensor, seed: Tensor, alpha: float | Tensor, config: BlenderConfig | None = None,
-          *, stats: BlendStats | None = None, detach_host: bool = True) -> Tensor:
+          *, stats: BlendStats | None = None, detach_host: bool = True, channel_dim: int = 1) -> Tensor:
     """Blend ``seed`` into ``host`` with weight ``alpha`` in the mode of ``config`` (default CONVEX).
 
     ``alpha`` is a float or a 0-d tensor and is clamped to [0, 1]; it is cast to the
     activations' dtype. ``stats``, when given, records the effective alphas on the device.
-    ``detach_host`` is only for a FOSSILIZED seed, which is a permanent part of the host
-    and so lets gradients reach it as usual; every other caller keeps the default.
+    ``detach_host=False`` lets the host receive its share of the gradient (``(1-a)·g`` under
+    CONVEX, ``g`` under RESIDUAL): a FOSSILIZED seed, or a site that lets the host keep
+    learning while its seed blends in. ``channel_dim`` (1 or -1) is the dim CHANNEL and
+    CONFIDENCE read channels from.
     Errors (shape, dtype or channel mismatch, non-0-d alpha) raise ``ValueError``: a blend
     never silently falls back to another mode.
     """
@@ -357,13 +390,16 @@ def blend(host: Tensor, seed: Tensor, alpha: float | Tensor, config: BlenderConf
     mode = cfg.mode
     h = host.detach() if detach_host else host
     dtype, device = seed.dtype, seed.device
+    last = seed.dim() > 1 and channel_dim in (-1, seed.dim() - 1) and seed.dim() > 2
+    if channel_dim not in (1, -1, seed.dim() - 1):
+        raise ValueError(f"channel_dim must be 1 or -1, got {channel_dim}")
 
     if isinstance(alpha, Tensor):
         if alpha.dim() != 0:
             raise ValueError(f"alpha must be a float or a 0-d tensor, got shape {tuple(alpha.shape)}")
         # Fused single-pass Triton kernels: on CUDA, or on the CPU in Triton's interpreter
         # within kasmina.kernels.fused.on_cpu() (how tests check the kernels without a GPU).
-        if stats is None and detach_host and (seed.is_cuda or _FUSED_ON_CPU):
+        if stats is None and detach_host and not last and (seed.is_cuda or _FUSED_ON_CPU):
             from kasmina.kernels import fused
             if fused.available(seed) and fused.accepts(h, seed, alpha):
                 return fused.fused_blend(h, seed, alpha, cfg)
@@ -374,7 +410,7 @@ def blend(host: Tensor, seed: Tensor, alpha: float | Tensor, config: BlenderConf
         elif mode is BlendMode.RESIDUAL:
             out = torch.addcmul(h, seed, a_t)
         else:
-            return _weighted(h, seed, a_t, raw_t, cfg, stats)
+            return _weighted(h, seed, a_t, raw_t, cfg, stats, last)
         if stats is not None:
             stats.update(a_t, a_t != raw_t)
         return out
@@ -388,15 +424,18 @@ def blend(host: Tensor, seed: Tensor, alpha: float | Tensor, config: BlenderConf
     elif mode is BlendMode.RESIDUAL:
         out = torch.add(h, seed, alpha=a)
     else:
-        return _weighted(h, seed, a, _round_to(a_raw, dtype), cfg, stats)
+        return _weighted(h, seed, a, _round_to(a_raw, dtype), cfg, stats, last)
     if stats is not None:
         stats.update(a, a != _round_to(a_raw, dtype), device)
     return out
 
 
 def _weighted(h: Tensor, seed: Tensor, a: float | Tensor, raw: float | Tensor, cfg: BlenderConfig,
-              stats: BlendStats | None) -> Tensor:
-    """CHANNEL and CONFIDENCE: a per-channel or per-sample weight tensor, then one lerp."""
+              stats: BlendStats | None, last: bool = False) -> Tensor:
+    """CHANNEL and CONFIDENCE: a per-channel, per-sample or per-token weight tensor, then one lerp.
+
+    ``last``: channels are the last dim of a (B, T, ..., D) activation, not dim 1.
+    """
     nd = seed.dim()
     if nd == 0:
         raise ValueError(f"{cfg.mode.value} blend needs at least a 1-D activation")  # type: ignore[union-attr]
@@ -405,9 +444,9 @@ def _weighted(h: Tensor, seed: Tensor, a: float | Tensor, raw: float | Tensor, c
     # stats this path launches the fewest kernels it can; stats add at most two small ones.
     unclamped_alpha = isinstance(a, Tensor) or a != raw
     if cfg.mode is BlendMode.CHANNEL:
-        channels = seed.shape[0] if nd == 1 else seed.shape[1]
+        channels = seed.shape[0] if nd == 1 else seed.shape[-1 if last else 1]
         cfg.check_channels(channels)
-        vec = cfg.channel_weights(device, dtype, nd)
+        vec = cfg.channel_weights(device, dtype, 1 if last else nd)  # a 1-D vector broadcasts over the last dim
         # a and alpha_vec are both in [0, 1], so their product is too: the clamp of SPEC §6
         # can never change a value and is left out of the hot path.
         weight = vec * a
@@ -417,7 +456,8 @@ def _weighted(h: Tensor, seed: Tensor, a: float | Tensor, raw: float | Tensor, c
         return torch.lerp(h, seed, weight)
 
     calc = torch.float64 if dtype == torch.float64 else torch.float32
-    gate = _per_sample_margin(seed, calc).sub_(cfg.gate_tau).mul_(cfg.gate_k).sigmoid_()
+    margin = _per_token_margin(seed, calc) if last else _per_sample_margin(seed, calc)
+    gate = margin.sub_(cfg.gate_tau).mul_(cfg.gate_k).sigmoid_()
     pre = gate * (a.to(calc) if isinstance(a, Tensor) else a)
     # a and the gate are in [0, 1]: with the default bounds the clamp cannot change anything.
     bounded = cfg.alpha_lo > 0.0 or cfg.alpha_hi < 1.0
@@ -430,5 +470,7 @@ def _weighted(h: Tensor, seed: Tensor, a: float | Tensor, raw: float | Tensor, c
                 stats.update(weight, eff != unclamped)
             else:
                 stats.update(weight, (eff != pre) if bounded else 0)
+    if last:
+        return torch.lerp(h, seed, weight.unsqueeze(-1))
     shape = () if nd == 1 else (-1,) + (1,) * (nd - 1)
     return torch.lerp(h, seed, weight.view(shape))

@@ -29,6 +29,10 @@ class GateInputs:
     blueprint_known: bool | None = None
     parameters: Mapping[str, float] | None = None
     parameter_bounds: Mapping[str, tuple[float, float] | list[float]] | None = None
+    #: The blueprint and the blend fit the site (kind, shapes, CHANNEL's vector length);
+    #: ``site_detail`` says why not. Not measured (older logs): not checked.
+    site_fits: bool | None = None
+    site_detail: str | None = None
     # G1 GRADIENT_HEALTH
     kernel_attached: bool | None = None
     isolation_violations: int | None = None
@@ -50,6 +54,15 @@ class GateInputs:
     baseline_metric: float | None = None
     metric_tolerance: float = DEFAULT_METRIC_TOLERANCE
     higher_is_better: bool = False
+    #: The counterfactual: the probe loss with the seed at its alpha and with it removed,
+    #: and the relative improvement ``(loss_without - loss_with) / |loss_without|``.
+    loss_with: float | None = None
+    loss_without: float | None = None
+    contribution: float | None = None
+    #: Least contribution G4 accepts (relative); None: no counterfactual is required.
+    contribution_threshold: float | None = None
+    #: Why the counterfactual could not be measured (the user's probe raised).
+    contribution_detail: str | None = None
     # G5 RESET
     hooks: int | None = None
     registered_params: int | None = None
@@ -81,8 +94,10 @@ class GateInputs:
 
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _FLOAT_FIELDS = frozenset({"fetch_latency_ms", "latency_budget_ms", "output_growth", "growth_limit", "metric",
-                           "seed_grad_norm",
-                           "baseline_metric", "metric_tolerance"})
+                           "seed_grad_norm", "baseline_metric", "metric_tolerance", "loss_with", "loss_without",
+                           "contribution", "contribution_threshold"})
+#: The reason a seed that does not help is culled with (G4), ahead of its figures.
+NO_CONTRIBUTION = "no_contribution"
 
 
 def _json_float(value: Any) -> Any:
@@ -119,6 +134,8 @@ def _need(inputs: GateInputs, name: str) -> Any:
 def _g0(i: GateInputs) -> str | None:
     if not _need(i, "blueprint_known"):
         return "blueprint not in catalogue"
+    if i.site_fits is False:
+        return i.site_detail or "blueprint does not fit the site"
     for key, value in sorted(_need(i, "parameters").items()):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return f"parameter {key!r} is not a number"
@@ -176,6 +193,15 @@ def _g4(i: GateInputs) -> str | None:
     allowed = i.metric_tolerance * max(abs(baseline), 1e-12)
     if worse > allowed:
         return f"host metric regressed: {metric:.6g} vs baseline {baseline:.6g} (tolerance {i.metric_tolerance:g})"
+    if i.contribution_threshold is not None:
+        if i.contribution is None and i.contribution_detail:
+            return f"input not measured: contribution ({i.contribution_detail})"
+        contribution = _need(i, "contribution")
+        with_seed, without = _need(i, "loss_with"), _need(i, "loss_without")
+        if not math.isfinite(contribution) or contribution < i.contribution_threshold:
+            return (f"{NO_CONTRIBUTION}: the seed improves the probe loss by {contribution:.3%} "
+                    f"({without:.6g} without it, {with_seed:.6g} with it), "
+                    f"under the {i.contribution_threshold:.3%} required")
     return None
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from kasmina.migrations.sqljson import field as _field
+from kasmina.migrations.sqljson import flag as _flag
+
 
 revision = "0001_event_log"
 down_revision = None
@@ -19,20 +22,6 @@ depends_on = None
 Payload = sa.JSON
 #: INTEGER on SQLite so the position is the rowid (no second copy of every row).
 Position = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-
-def _field(name: str) -> str:
-    """SQL that reads one payload key as text, per dialect."""
-    if op.get_bind().dialect.name == "postgresql":
-        return f"payload->>'{name}'"
-    return f"json_extract(payload, '$.{name}')"
-
-
-def _flag(name: str) -> str:
-    """A JSON boolean as 1/0 on both dialects (SQLite's json_extract already gives 1/0)."""
-    if op.get_bind().dialect.name == "postgresql":
-        return f"CASE payload->>'{name}' WHEN 'true' THEN 1 WHEN 'false' THEN 0 END"
-    return f"json_extract(payload, '$.{name}')"
 
 
 def _views() -> list[tuple[str, str]]:
