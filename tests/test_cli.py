@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kasmina.cli import EXIT_USAGE, EXIT_USER_ERROR, EXIT_VERIFY_FAILED, main
+from kasmina.events.schema import SCHEMA_REVISION
 from conftest import require_redis
 
 
@@ -159,7 +160,7 @@ def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -
 
 def test_db_upgrade_downgrade_cycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    assert json.loads(run_cli(capsys, "db", "upgrade", "--db", url, "--json")[1])["revision"] == "0001_event_log"
+    assert json.loads(run_cli(capsys, "db", "upgrade", "--db", url, "--json")[1])["revision"] == SCHEMA_REVISION
     assert json.loads(run_cli(capsys, "db", "downgrade", "base", "--db", url, "--json")[1])["revision"] is None
     assert json.loads(run_cli(capsys, "db", "current", "--db", url, "--json")[1])["up_to_date"] is False
     assert run_cli(capsys, "db", "upgrade", "--db", url)[0] == 0

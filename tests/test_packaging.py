@@ -22,7 +22,9 @@ def test_wheel_ships_migrations_and_upgrades_a_database(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("kasmina-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("kasmina/migrations/env.py", "kasmina/migrations/script.py.mako",
-                   "kasmina/migrations/versions/0001_event_log.py", "kasmina/leyline/leyline.proto",
+                   "kasmina/migrations/versions/0001_event_log.py",
+                   "kasmina/migrations/versions/0002_seed_contributions.py", "kasmina/migrations/sqljson.py",
+                   "kasmina/leyline/leyline.proto",
                    "kasmina/leyline/leyline_pb2.py"):
         assert needed in names
     site = tmp_path / "site"
@@ -39,7 +41,7 @@ def test_wheel_ships_migrations_and_upgrades_a_database(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "0001_event_log"
+    assert result.stdout.strip() == "0002_seed_contributions"
 
 
 def test_known_revisions_are_the_alembic_chain() -> None:

@@ -33,7 +33,8 @@ from kasmina.lifecycle.stages import Stage
 from kasmina.rebuild import replay_seed, verify
 
 KASMINA_TABLES = {"kasmina_events", "kasmina_snapshots"}
-KASMINA_VIEWS = {"seed_transitions", "seed_current_stage", "seed_gate_verdicts", "command_refusals"}
+KASMINA_VIEWS = {"seed_transitions", "seed_current_stage", "seed_gate_verdicts", "command_refusals",
+                 "seed_contributions"}
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -682,7 +682,8 @@ class Executor:
             runtime = self._runtime[name]
         stage = Stage.FOSSILIZED if state.stage is Stage.TERMINATED else state.stage
         site.mode = SiteMode.PAUSED if state.paused else _MODES[stage]
-        site.config = BlenderConfig.from_dict(state.blend) if state.blend else None
+        if site.config is None or state.blend != site.config.to_dict():  # the same object while unchanged
+            site.config = BlenderConfig.from_dict(state.blend) if state.blend else None
         # A seed germinated before the choice was recorded ran with its host detached.
         site.detach_host = site.config.detach_host if site.config is not None else True
         info = self.site_info(name)
@@ -690,7 +691,7 @@ class Executor:
         if site.config is not None and site.config.mode is BlendMode.CHANNEL and info.out_ndim is not None:
             # Built now, outside the forward: a traced forward must find its cache complete.
             device, dtype = module_placement(site.base_layer)
-            site.config.channel_weights(device, dtype, 1 if info.channel_dim == -1 else info.out_ndim)
+            site.config.weights_for(device, dtype, info.out_ndim, info.channel_dim)
         site.alpha.fill_(alpha_for(state, self._step))
         if stage in _HOOKED and not state.paused:
             if runtime.monitor is None and site.seed is not None:

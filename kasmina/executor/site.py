@@ -46,6 +46,11 @@ class SiteMode(str, Enum):
     FOSSILIZED = "fossilized"    # permanent: alpha 1, gradients reach the host as usual
 
 
+_DORMANT, _PAUSED, _TRAINING, _BLENDING, _FOSSILIZED = (
+    SiteMode.DORMANT.value, SiteMode.PAUSED.value, SiteMode.TRAINING.value, SiteMode.BLENDING.value,
+    SiteMode.FOSSILIZED.value)
+
+
 class _StraightThrough(torch.autograd.Function):
     """Forward: the host output, bit for bit. Backward: the upstream gradient to both.
 
@@ -159,14 +164,17 @@ class SeedSite(nn.Module):
         out = self.base_layer(*args, **kwargs)
         if self.probe is None:
             self._record_probe(primary_input(args, kwargs), hidden_of(out))
-        mode = self.mode
-        if mode is SiteMode.DORMANT or mode is SiteMode.PAUSED or self.seed is None or self.bypass:
+        # The mode's value, not the member: torch.compile (2.13) does not guard an enum
+        # member read from a module that still holds its initial one, so a seed germinated
+        # after compilation would never run. A string it guards.
+        mode = self.mode.value
+        if mode == _DORMANT or mode == _PAUSED or self.seed is None or self.bypass:
             return out
         x, host = primary_input(args, kwargs), hidden_of(out)
         if x is None or host is None:
             self.interface_error = f"site output {type(out).__name__} holds no hidden-state tensor"
             return out
-        seed_input = x if mode is SiteMode.FOSSILIZED else x.detach()
+        seed_input = x if mode == _FOSSILIZED else x.detach()
         self.last_input = seed_input.detach()
         self.last_host = host.detach()
         seed = self.seed(seed_input)
@@ -178,11 +186,11 @@ class SeedSite(nn.Module):
             self.interface_error = (f"seed output {tuple(seed.shape)} {seed.dtype} on {seed.device}, "
                                     f"site output {tuple(host.shape)} {host.dtype} on {host.device}")
             return out
-        if mode is SiteMode.TRAINING:
+        if mode == _TRAINING:
             return _with_hidden(out, _StraightThrough.apply(host, seed))
         stats = self.stats if not _tracing() and self.sample_stats else None
-        alpha = self.alpha if mode is SiteMode.BLENDING else 1.0
-        detach = self.detach_host and mode is not SiteMode.FOSSILIZED
+        alpha = self.alpha if mode == _BLENDING else 1.0
+        detach = self.detach_host and mode != _FOSSILIZED
         return _with_hidden(out, blend(host, seed, alpha, self.config, stats=stats, detach_host=detach,
                                        channel_dim=self.channel_dim))
 

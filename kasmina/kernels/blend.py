@@ -174,6 +174,14 @@ class BlenderConfig:
         if n != channels:
             raise ValueError(f"alpha_vec has {n} entries but the site has {channels} channels")
 
+    def weights_for(self, device: torch.device, dtype: torch.dtype, ndim: int, channel_dim: int = 1) -> Tensor:
+        """alpha_vec shaped for an ``ndim``-D activation whose channels are on ``channel_dim``.
+
+        The one place blend and a site that prepares its vector ahead of a traced forward
+        agree on the cache key (a 1-D vector broadcasts over the last dim).
+        """
+        return self.channel_weights(device, dtype, 1 if channels_last(ndim, channel_dim) else ndim)
+
     def channel_weights(self, device: torch.device, dtype: torch.dtype, ndim: int) -> Tensor:
         """alpha_vec as a tensor shaped to broadcast over dim 1 (dim 0 for 1-D), built once.
 
@@ -360,6 +368,11 @@ def _per_sample_margin(seed: Tensor, calc: torch.dtype) -> Tensor:
     return top2[:, 0] - top2[:, 1]
 
 
+def channels_last(ndim: int, channel_dim: int) -> bool:
+    """Channels are the last dim of an activation with a dim between batch and channels."""
+    return ndim > 2 and channel_dim in (-1, ndim - 1)
+
+
 def _per_token_margin(seed: Tensor, calc: torch.dtype) -> Tensor:
     """Top-1 minus top-2 softmax probability over the last dim, one per position: (B, T, ...)."""
     z = seed.detach()
@@ -390,7 +403,7 @@ def blend(host: Tensor, seed: Tensor, alpha: float | Tensor, config: BlenderConf
     mode = cfg.mode
     h = host.detach() if detach_host else host
     dtype, device = seed.dtype, seed.device
-    last = seed.dim() > 1 and channel_dim in (-1, seed.dim() - 1) and seed.dim() > 2
+    last = channels_last(seed.dim(), channel_dim)
     if channel_dim not in (1, -1, seed.dim() - 1):
         raise ValueError(f"channel_dim must be 1 or -1, got {channel_dim}")
 
@@ -446,7 +459,7 @@ def _weighted(h: Tensor, seed: Tensor, a: float | Tensor, raw: float | Tensor, c
     if cfg.mode is BlendMode.CHANNEL:
         channels = seed.shape[0] if nd == 1 else seed.shape[-1 if last else 1]
         cfg.check_channels(channels)
-        vec = cfg.channel_weights(device, dtype, 1 if last else nd)  # a 1-D vector broadcasts over the last dim
+        vec = cfg.weights_for(device, dtype, nd, -1 if last else 1)
         # a and alpha_vec are both in [0, 1], so their product is too: the clamp of SPEC §6
         # can never change a value and is left out of the hot path.
         weight = vec * a
