@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from kasmina.errors import KasminaError
 from kasmina.executor.site import SeedSite, hidden_of
+from kasmina.lifecycle.gates import CONTRIBUTION_THRESHOLD as THRESHOLD_KEY
 
 __all__ = ["Counterfactual", "LastBatch", "default_loss", "autocast_like"]
 
@@ -39,8 +41,6 @@ ProbeFn = Callable[[], Any]
 LossFn = Callable[[Any, Any], Tensor]
 #: Relative contribution a seed must show by default (1 %), overridable per command.
 DEFAULT_THRESHOLD = 0.01
-#: Command parameter that overrides the threshold for one seed.
-THRESHOLD_KEY = "contribution_threshold"
 
 
 def default_loss(output: Any, target: Tensor) -> Tensor:
@@ -117,8 +117,8 @@ class Counterfactual:
 
     def __init__(self, model: nn.Module, *, probe: ProbeFn | None = None, loss_fn: LossFn | None = None,
                  threshold: float = DEFAULT_THRESHOLD) -> None:
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"contribution threshold must be in [0, 1], got {threshold!r}")
+        if not -1.0 <= float(threshold) <= 1.0:  # negative: record the counterfactual, tolerate that much harm
+            raise KasminaError(f"contribution_threshold must be a relative change in [-1, 1], got {threshold!r}")
         self.model = model
         self.probe = probe
         self.loss_fn = loss_fn

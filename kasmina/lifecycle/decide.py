@@ -14,7 +14,7 @@ from typing import Mapping
 from kasmina.lifecycle import commands as c
 from kasmina.lifecycle import events as ev
 from kasmina.lifecycle.evolve import apply
-from kasmina.lifecycle.gates import GateInputs, Verdict, evaluate_all
+from kasmina.lifecycle.gates import CONTRIBUTION_THRESHOLD, GateInputs, Verdict, evaluate_all
 from kasmina.lifecycle.machine import PROGRESSION, gates_for, is_allowed
 from kasmina.lifecycle.stages import LIVE_STAGES, Stage
 from kasmina.lifecycle.state import DWELL_KEYS, MAX_DWELL, SeedState
@@ -63,6 +63,9 @@ def _dwell_problem(parameters: Mapping[str, float]) -> str | None:
             value = parameters[key]
             if not (math.isfinite(value) and value == int(value) and 1 <= value <= MAX_DWELL):
                 return f"{key} must be a whole number of steps in [1, {MAX_DWELL}], got {value!r}"
+    threshold = parameters.get(CONTRIBUTION_THRESHOLD)
+    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        return f"{CONTRIBUTION_THRESHOLD} must be a relative change in [-1, 1], got {threshold!r}"
     return None
 
 

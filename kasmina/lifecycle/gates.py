@@ -98,6 +98,8 @@ _FLOAT_FIELDS = frozenset({"fetch_latency_ms", "latency_budget_ms", "output_grow
                            "contribution", "contribution_threshold"})
 #: The reason a seed that does not help is culled with (G4), ahead of its figures.
 NO_CONTRIBUTION = "no_contribution"
+#: Command parameter: the least relative contribution G4 accepts for this seed, in [-1, 1].
+CONTRIBUTION_THRESHOLD = "contribution_threshold"
 
 
 def _json_float(value: Any) -> Any:
