@@ -165,6 +165,34 @@ def test_fused_matches_eager(mode: BlendMode, dtype: torch.dtype, shape: tuple[i
 @kernels
 @pytest.mark.kernel_test
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_fused_gives_an_attached_host_its_share_like_eager(mode: BlendMode, dtype: torch.dtype) -> None:
+    """``detach_host=False`` (a site whose host keeps learning while the seed blends): the
+    host's gradient is (1 - w) x upstream (all of it under RESIDUAL), as eager computes it."""
+    shape = (3, C, 5, 7)
+    cfg = _config(mode, C)
+    torch.manual_seed(7)
+    host, seed = torch.randn(shape, device=DEVICE).to(dtype), torch.randn(shape, device=DEVICE).to(dtype)
+    grad = torch.randn(shape, device=DEVICE).to(dtype)
+    alpha = torch.tensor(0.37, device=DEVICE)
+    results = []
+    for stats in (None, BlendStats()):  # fused, then the eager reference (stats force eager)
+        h, s = host.clone().requires_grad_(), seed.clone().requires_grad_()
+        out = blend(h, s, alpha, cfg, stats=stats, detach_host=False)
+        assert _is_fused(out) is (stats is None)
+        out.backward(grad)
+        results.append((out, h.grad, s.grad))
+    (out, gh, gs), (ref, rh, rs) = results
+    torch.testing.assert_close(out, ref, **_tol(dtype))
+    torch.testing.assert_close(gs, rs, **_tol(dtype))
+    torch.testing.assert_close(gh, rh, **_tol(dtype))
+    if mode is BlendMode.RESIDUAL:
+        assert torch.equal(gh, grad)
+
+
+@kernels
+@pytest.mark.kernel_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(C,), (5, C), (5, 1), (3, 1300), (2, C, 7), (2, 3, 5000, 2), (3, 700, 4, 4)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_fused_gate_margin_matches_eager(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
@@ -302,14 +330,16 @@ def test_fallbacks_stay_eager() -> None:
     s = torch.randn(3, C, 4, device=DEVICE, requires_grad=True)
     cfg = _config(BlendMode.CONVEX, C)
     alpha = torch.tensor(0.5, device=DEVICE)
-    # non-contiguous seed, alpha that wants a gradient, fossilised (host not detached), float64
+    # non-contiguous seed, alpha that wants a gradient, channels on the last dim of a
+    # (B, T, D) activation, float64 (a host that is not detached is fused: see above)
     assert not _is_fused(blend(h.transpose(1, 2), s.transpose(1, 2), alpha, cfg))
     a_grad = torch.tensor(0.5, device=DEVICE, requires_grad=True)
     out = blend(h, s, a_grad, cfg)
     assert not _is_fused(out)
     out.sum().backward()
     assert a_grad.grad is not None
-    assert not _is_fused(blend(h, s, alpha, cfg, detach_host=False))
+    channel = BlenderConfig(mode="CHANNEL", alpha_vec=(0.5,) * 4)
+    assert not _is_fused(blend(h, s, alpha, channel, channel_dim=-1))
     assert not _is_fused(blend(h.double(), s.double(), alpha, cfg))
     # errors are the eager path's
     with pytest.raises(ValueError, match="alpha_vec has"):

@@ -5,7 +5,8 @@
    seed is put in BLENDING, then training steps (forward, backward, optimizer step and
    ``Executor.step()``) run under ``torch.cuda.set_sync_debug_mode("error")``, which raises
    on any sync.
-2. The executor benchmark on CUDA (step overhead vs a hand-wired seed, probe memory).
+2. The executor benchmark on CUDA (step overhead vs a hand-wired seed, probe memory), also
+   on Hugging Face's ResNet-18 and a tiny GPT-2 with seeds blending at four sites.
 3. The blend harness (``kasmina bench``) in fp32 and bf16: every mode against the copy
    bandwidth and its minimal-traffic bound, fused kernels chosen automatically; the
    numerical comparison of fused and eager is ``pytest tests/test_fused.py`` (run it too).
@@ -86,6 +87,16 @@ def main() -> int:
     bench = executor.run(device="cuda", repeats=100)
     print(f"{'executor bench':<28}  {executor.summary_line(bench)}")
     print(json.dumps(bench))
+    from kasmina.bench import architectures
+
+    for name in architectures.MODELS:  # ResNet-18 and the tiny GPT-2, seeds blending at four sites
+        try:
+            result = architectures.step_overhead(name, device="cuda", repeats=40)
+            print(f"{'executor bench, ' + name:<28}  {architectures.summary_line(result)}")
+            print(json.dumps(result))
+        except Exception as e:  # noqa: BLE001 - report it, then fail
+            failed = True
+            print(f"{'executor bench, ' + name:<28}  FAILED: {type(e).__name__}: {str(e).splitlines()[0]}")
     from kasmina.bench import kasmina as harness
 
     for dtype in ("float32", "bfloat16"):

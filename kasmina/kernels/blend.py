@@ -412,10 +412,10 @@ def blend(host: Tensor, seed: Tensor, alpha: float | Tensor, config: BlenderConf
             raise ValueError(f"alpha must be a float or a 0-d tensor, got shape {tuple(alpha.shape)}")
         # Fused single-pass Triton kernels: on CUDA, or on the CPU in Triton's interpreter
         # within kasmina.kernels.fused.on_cpu() (how tests check the kernels without a GPU).
-        if stats is None and detach_host and not last and (seed.is_cuda or _FUSED_ON_CPU):
+        if stats is None and not last and (seed.is_cuda or _FUSED_ON_CPU):
             from kasmina.kernels import fused
             if fused.available(seed) and fused.accepts(h, seed, alpha):
-                return fused.fused_blend(h, seed, alpha, cfg)
+                return fused.fused_blend(h, seed, alpha, cfg, detach_host=detach_host)
         raw_t = alpha.to(device=device, dtype=dtype)
         a_t = raw_t.clamp(0.0, 1.0)
         if mode is BlendMode.CONVEX:

@@ -342,7 +342,9 @@ def _launch(n: int, element_size: int, inner: int = 0) -> tuple[tuple[int], dict
 
 
 class _FusedBlend(torch.autograd.Function):
-    """One fused forward pass; backward is grad_seed = w × grad_out (one pass), host: None."""
+    """One fused forward pass; backward is grad_seed = w × grad_out (one pass), and for a host
+    that is not detached grad_host = grad_out − grad_seed ((1 − w) × grad_out; all of
+    grad_out under RESIDUAL)."""
 
     @staticmethod
     def forward(ctx: Any, host: Tensor, seed: Tensor, alpha: Tensor, vec: Tensor,  # type: ignore[override]
@@ -359,21 +361,26 @@ class _FusedBlend(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        if not ctx.needs_input_grad[1]:
+        want_host, want_seed = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (want_host or want_seed):
             return None, None, None, None, None
         mode, inner, n_vec, k, tau, lo, hi = ctx.params
         g = grad_out.contiguous()
+        if mode == _SCALAR_ADD and not want_seed:
+            return g, None, None, None, None
         grad_seed = torch.empty_like(g)
         n = g.numel()
         snap = ctx.snap
         grid, kw = _launch(n, g.element_size(), inner if mode >= _CHANNEL else 0)
         _kernels(interpreting())[grid](g, g, grad_seed, snap, ctx.vec, snap, n, inner, n_vec,
                          1.0 / inner, 1.0 / n_vec, k, tau, lo, hi, MODE=mode, BWD=True, **kw)
-        return None, grad_seed, None, None, None
+        grad_host = (g if mode == _SCALAR_ADD else g - grad_seed) if want_host else None
+        return grad_host, grad_seed if want_seed else None, None, None, None
 
 
-def fused_blend(host: Tensor, seed: Tensor, alpha_tensor: Tensor, config: Any = None) -> Tensor:
-    """``blend(host, seed, alpha_tensor, config)`` (no stats, host detached) in fused kernels.
+def fused_blend(host: Tensor, seed: Tensor, alpha_tensor: Tensor, config: Any = None, *,
+                detach_host: bool = True) -> Tensor:
+    """``blend(host, seed, alpha_tensor, config, detach_host=...)`` (no stats) in fused kernels.
 
     Same semantics as the eager path: alpha is cast to the activation dtype and clamped to
     [0, 1]; shape, dtype and channel mismatches raise ``ValueError``. The caller checks
@@ -398,7 +405,7 @@ def fused_blend(host: Tensor, seed: Tensor, alpha_tensor: Tensor, config: Any = 
         alpha = alpha.to(device)
     if alpha.dtype not in _ALPHA_DTYPES:
         alpha = alpha.to(torch.float32)
-    h = host.detach()
+    h = host.detach() if detach_host else host
     numel = seed.numel()
     k = tau = lo = 0.0
     hi = 1.0
