@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Iterator, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import torch
 
@@ -148,8 +148,19 @@ def _no_torch_compile() -> Iterator[None]:
         raise AssertionError("torch.compile was called: Kasmina must never compile")
 
     saved = torch.compile
+    _REAL_COMPILE.append(saved)
     torch.compile = refuse  # type: ignore[assignment]
     try:
         yield
     finally:
         torch.compile = saved  # type: ignore[assignment]
+
+
+_REAL_COMPILE: list[Any] = []
+
+
+@pytest.fixture
+def user_compile() -> Any:
+    """The real ``torch.compile``, for a test that compiles a model as a *user* would (to prove
+    Kasmina's sites do not recompile it every step); Kasmina itself still never calls it."""
+    return _REAL_COMPILE[0]

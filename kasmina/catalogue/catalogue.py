@@ -390,7 +390,8 @@ class Catalogue:
         info = _info(site)
         return self.get(blueprint_id).example(info, batch) if info is not None else None
 
-    def misfit(self, blueprint_id: str, site: nn.Module | SiteInfo) -> str | None:
+    def misfit(self, blueprint_id: str, site: nn.Module | SiteInfo,
+               parameters: Mapping[str, float] | None = None) -> str | None:
         """Why ``blueprint_id`` cannot grow at ``site`` (unknown, or does not fit), or None: G0's check."""
         if not self.knows(blueprint_id):
             return f"unknown blueprint {blueprint_id!r}; known: {', '.join(self.names())}"
@@ -400,7 +401,7 @@ class Catalogue:
                 info = describe("site", site)
             except UnsupportedSite as e:
                 return str(e)
-        return self.get(blueprint_id).misfit(info)
+        return self.get(blueprint_id).misfit(info, parameters)
 
     def invalidate(self, blueprint_id: str | None = None) -> int:
         """Drop cached kernels (of one blueprint, or all): the next fetch re-verifies."""
@@ -494,7 +495,7 @@ class Catalogue:
             except _Failure:
                 self.cache.evict(lambda k: k == key)  # a kernel that stopped building is not validated
                 raise
-        misfit = bp.misfit(site)
+        misfit = bp.misfit(site, params)
         if misfit is not None:
             raise _Failure("unsupported_site", misfit)
         entry = CachedKernel(bp, self._verify(bp), device, dtype, dict(params))

@@ -138,6 +138,7 @@ class Executor:
         loss_fn: LossFn | None = None,
         contribution_threshold: float = 0.01,
         causal: bool | None = None,
+        scheduler: Any = None,
     ) -> None:
         if role not in (LEADER, FOLLOWER):
             raise KasminaError(f"role must be {LEADER!r} or {FOLLOWER!r}, got {role!r}")
@@ -148,6 +149,9 @@ class Executor:
         self.catalogue = catalogue if catalogue is not None else Catalogue()
         self.telemetry = Telemetry.from_spec(telemetry)
         self.optimizer = optimizer
+        #: LR schedulers of ``optimizer``: each seed group gets its host group's entry in them.
+        self.schedulers: list[Any] = [] if scheduler is None else (
+            list(scheduler) if isinstance(scheduler, (list, tuple)) else [scheduler])
         self.run_seed = run_seed
         self.policy = metric if metric is not None else MetricPolicy()
         self._prewarm = prewarm
@@ -435,7 +439,7 @@ class Executor:
         if config is None:  # recorded either way, so replay knows the blend and the host's gradient
             config = BlenderConfig(mode=default_mode, source="blueprint default" if blueprint is not None
                                    and blueprint.default_blend else "default")
-        misfit = blueprint.misfit(info) if blueprint is not None else None
+        misfit = blueprint.misfit(info, parameters) if blueprint is not None else None
         if misfit is None and config.mode is BlendMode.CHANNEL and info.out_features is not None:
             try:
                 config.check_channels(info.out_features)
@@ -727,7 +731,8 @@ class Executor:
         self._runtime[name] = runtime
         if self.optimizer is not None:
             # Keyed by seed id, not by position, with its host layer's hyperparameters.
-            source = optim.add_seed_group(self.optimizer, name, fetched.module.parameters(), site.base_layer)
+            source = optim.add_seed_group(self.optimizer, name, fetched.module.parameters(), site.base_layer,
+                                          self.schedulers)
             if source is not None:
                 self._host_groups[name] = source
         facts = [ev.Event(ev.KERNEL_ATTACHED, {
@@ -770,12 +775,7 @@ class Executor:
         if runtime is not None and runtime.monitor is not None:
             runtime.monitor.close()
         if site.seed is not None and self.optimizer is not None:
-            params = {id(p) for p in site.seed.parameters()}
-            # By identity: list.remove would compare groups with ==, i.e. tensors elementwise.
-            self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups
-                                              if g.get("kasmina_seed") != name]
-            for p in [p for p in self.optimizer.state if id(p) in params]:
-                del self.optimizer.state[p]
+            optim.remove_seed_groups(self.optimizer, name, self.schedulers)
         self._host_groups.pop(name, None)
         site.seed = None
         site.mode = SiteMode.DORMANT
