@@ -51,18 +51,29 @@ class SimulationReport:
 
 
 def _inputs(rng: random.Random, fate: Gate | None, gates: tuple[Gate, ...], baseline: float) -> GateInputs:
-    """Healthy measurements, except for the gate this seed is fated to fail."""
+    """Healthy measurements, except for the gate this seed is fated to fail.
+
+    G4 also gets a counterfactual, recorded but not gated on (no threshold): the host metric
+    as the loss with the seed, its baseline as the loss without. Derived, not drawn, so the
+    run seed still gives the same fates as before the counterfactual existed.
+    """
     bad = fate in gates
+    latency = 25.0 if bad and fate is Gate.G2_STABILITY else round(rng.uniform(0.2, 4.0), 3)
+    growth = round(rng.uniform(0.8, 3.0), 3)  # drawn in this order since the first release
+    metric = round(baseline * (1.5 if bad and fate is Gate.G4_SYSTEM_IMPACT else rng.uniform(0.9, 1.02)), 6)
+    counterfactual = {}
+    if Gate.G4_SYSTEM_IMPACT in gates:
+        counterfactual = {"loss_with": metric, "loss_without": baseline,
+                          "contribution": round((baseline - metric) / baseline, 6)}
     return GateInputs(
+        **counterfactual,
         blueprint_known=True, parameters={},
         kernel_attached=True, isolation_violations=0,
         seed_loss_finite=not (bad and fate is Gate.G1_GRADIENT_HEALTH), seed_grad_finite=True,
-        fetch_latency_ms=(25.0 if bad and fate is Gate.G2_STABILITY else round(rng.uniform(0.2, 4.0), 3)),
-        output_finite=True, output_growth=round(rng.uniform(0.8, 3.0), 3),
+        fetch_latency_ms=latency, output_finite=True, output_growth=growth,
         interface_ok=not (bad and fate is Gate.G3_INTERFACE),
         interface_detail="expected (32, 16, 8, 8), got (32, 8, 8, 8)" if bad and fate is Gate.G3_INTERFACE else None,
-        metric=round(baseline * (1.5 if bad and fate is Gate.G4_SYSTEM_IMPACT else rng.uniform(0.9, 1.02)), 6),
-        baseline_metric=baseline,
+        metric=metric, baseline_metric=baseline,
         hooks=0, registered_params=0, cache_entries=0,
     )
 

@@ -4,6 +4,7 @@
   whose site holds a seed in BLENDING, wrapped by :class:`kasmina.Executor` (plus its
   ``step()``), against the same model with the same seed hand-wired (the same blend math,
   no executor). Rounds are interleaved and the medians compared. Budget: <= 1.05x.
+  ResNet-18 and a tiny GPT-2 (``--model``): :mod:`kasmina.bench.architectures`.
 * **handle**: ``Executor.handle`` of a signed command including its durable append on
   SQLite (``synchronous=FULL``): pause / resume commands on a training seed. Budget: <= 2 ms median.
 * **verify**: ``Verifier.check`` (HMAC-SHA256 + nonce + freshness) alone. Budget: < 0.5 ms.
@@ -46,7 +47,8 @@ class BenchNet(nn.Module):
 
 
 class _HandWired(nn.Module):
-    """The site with its seed wired in by hand: what the executor's BLENDING path computes."""
+    """The site with its seed wired in by hand: what the executor's BLENDING path computes
+    (the host keeps its share of the gradient, the seed's input is detached)."""
 
     def __init__(self, host: nn.Module, seed: nn.Module, alpha: float) -> None:
         super().__init__()
@@ -54,7 +56,7 @@ class _HandWired(nn.Module):
         self.register_buffer("alpha", torch.tensor(alpha))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.lerp(self.host(x).detach(), self.seed(x.detach()), self.alpha)
+        return torch.lerp(self.host(x), self.seed(x.detach()), self.alpha)
 
 
 def _median_ms(samples: list[float]) -> float:
