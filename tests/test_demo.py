@@ -233,3 +233,32 @@ def test_cuda_without_a_gpu_is_refused(tmp_path: Path) -> None:
         pytest.skip("this machine has CUDA")
     done = kasmina("demo", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--device", "cuda", check=False)
     _one_line_error(done, 1, "no CUDA device")
+
+
+def test_the_host_only_control_shares_no_optimizer_state_with_the_grown_host(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control is trained beside the grown network: had its AdamW moments been the grown
+    host's (load_state_dict keeps tensors it need not cast), each step would update both."""
+    import importlib
+
+    import torch
+
+    from kasmina.demo import DemoOptions
+
+    demo_run = importlib.import_module("kasmina.demo.run")  # the module, not the function it exports
+
+    seen: list[torch.optim.Optimizer] = []
+    original = demo_run._train_step
+
+    def spy(model: Any, optimizer: torch.optim.Optimizer, x: Any, y: Any) -> Any:
+        if optimizer not in seen:
+            seen.append(optimizer)
+        return original(model, optimizer, x, y)
+
+    monkeypatch.setattr(demo_run, "_train_step", spy)
+    demo_run.run(DemoOptions(db=f"sqlite:///{tmp_path / 'd.db'}", steps=4, host_steps=20, rng=1))
+    host, control = seen[0], seen[-1]
+    assert host is not control
+    storages = [{t.untyped_storage().data_ptr() for s in o.state.values() for t in s.values()
+                 if isinstance(t, torch.Tensor) and t.numel() > 1} for o in (host, control)]
+    assert storages[0] and storages[1] and not storages[0] & storages[1]

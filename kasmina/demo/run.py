@@ -216,7 +216,9 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
             _pretrain(host, optimizer, digits, options, progress)
         control = copy.deepcopy(host)
         control_opt = _optimizer(control, options)
-        control_opt.load_state_dict(optimizer.state_dict())
+        # A copy: load_state_dict keeps tensors that need no cast, so without it the two
+        # optimizers would share (and both update in place) one set of AdamW moments.
+        control_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         loop = _Loop(control, control_opt, at_graft=_accuracy(host, digits.x_val, digits.y_val))
         secret = secrets.token_bytes(32)  # the controller and executor share it in-process
         ex = Executor(host, model.SITES, db=store, secret=secret, catalogue=model.catalogue(), optimizer=optimizer,
