@@ -59,11 +59,11 @@ class _HandWired(nn.Module):
         return torch.lerp(self.host(x), self.seed(x.detach()), self.alpha)
 
 
-def _median_ms(samples: list[float]) -> float:
+def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000.0
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -152,15 +152,15 @@ def _step_overhead(dev: torch.device, batch: int, repeats: int, warmup: int) -> 
         wrapped, wired = [], []
         for i in range(repeats):  # interleaved, alternating which goes first
             if i % 2:
-                wired.append(_timed(wired_step, dev))
-                wrapped.append(_timed(wrapped_step, dev))
+                wired.append(timed(wired_step, dev))
+                wrapped.append(timed(wrapped_step, dev))
             else:
-                wrapped.append(_timed(wrapped_step, dev))
-                wired.append(_timed(wired_step, dev))
+                wrapped.append(timed(wrapped_step, dev))
+                wired.append(timed(wired_step, dev))
         stage = ex.seed("features.2").stage
         ex.close()
     ratio = statistics.median(wrapped) / statistics.median(wired)
-    return {"wrapped_ms": round(_median_ms(wrapped), 4), "hand_wired_ms": round(_median_ms(wired), 4),
+    return {"wrapped_ms": round(median_ms(wrapped), 4), "hand_wired_ms": round(median_ms(wired), 4),
             "ratio": round(ratio, 4), "budget": STEP_BUDGET, "ok": ratio <= STEP_BUDGET, "stage": stage,
             "batch": batch, "device": device}
 
@@ -189,7 +189,7 @@ def handle_latency(*, repeats: int = 200, verify_repeats: int = 2000) -> dict[st
         start = time.perf_counter()
         verifier.check(probe)
         checks.append(time.perf_counter() - start)
-    handle_ms, verify_ms = _median_ms(samples), _median_ms(checks)
+    handle_ms, verify_ms = median_ms(samples), median_ms(checks)
     return {"handle_ms": round(handle_ms, 4), "handle_p95_ms": round(sorted(samples)[int(0.95 * len(samples))] * 1000, 4),
             "handle_budget_ms": HANDLE_BUDGET_MS, "handle_ok": handle_ms <= HANDLE_BUDGET_MS,
             "verify_ms": round(verify_ms, 4), "verify_budget_ms": VERIFY_BUDGET_MS,

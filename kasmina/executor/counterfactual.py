@@ -34,8 +34,13 @@ from torch.utils.hooks import RemovableHandle
 from kasmina.errors import KasminaError
 from kasmina.executor.site import SeedSite, hidden_of
 from kasmina.lifecycle.gates import CONTRIBUTION_THRESHOLD as THRESHOLD_KEY
+from kasmina.lifecycle.stages import Gate, Stage
+from kasmina.lifecycle.state import SeedState
 
-__all__ = ["Counterfactual", "LastBatch", "default_loss", "autocast_like"]
+__all__ = ["Counterfactual", "LastBatch", "default_loss", "autocast_like", "PAST_TRAINING"]
+
+#: Stages whose seed's contribution is measured when a gate falls due.
+PAST_TRAINING = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY})
 
 ProbeFn = Callable[[], Any]
 LossFn = Callable[[Any, Any], Tensor]
@@ -173,3 +178,26 @@ class Counterfactual:
             return Losses(with_seed.detach().float().reshape(()), without.detach().float().reshape(()))
 
         return run(both)
+
+    def gate_inputs(self, site: SeedSite, state: SeedState, gates: tuple[Gate, ...],
+                    run: Callable[[Callable[[], Any]], Any]) -> dict[str, Any]:
+        """The counterfactual's gate inputs for a seed past TRAINING (empty when not measurable).
+
+        G4 requires the contribution (the command's ``contribution_threshold``, else this
+        one's) whenever a probe batch exists; a probe that raises leaves it unmeasured, with
+        the reason, so the gate fails closed.
+        """
+        if state.stage not in PAST_TRAINING or site.seed is None or not gates or not self.available():
+            return {}
+        values: dict[str, Any] = {}
+        if Gate.G4_SYSTEM_IMPACT in gates:
+            values["contribution_threshold"] = float(state.parameters.get(THRESHOLD_KEY, self.threshold))
+        try:
+            losses = self.measure(site, run)
+        except Exception as e:  # noqa: BLE001 - the user's probe or loss failed: not measured, and why
+            values["contribution_detail"] = " ".join(f"probe failed: {type(e).__name__}: {e}".split())[:500]
+            return values
+        if losses is None:  # the last batch does not score itself: nothing to measure on
+            return {}
+        values.update({k: round(v, 9) for k, v in losses.read().items()})
+        return values

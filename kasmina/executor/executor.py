@@ -37,7 +37,7 @@ from kasmina.executor import checkpoint as checkpoints
 from kasmina.executor.checkpoint import Checkpoint, Restored
 from kasmina.catalogue.sites import SiteInfo, describe
 from kasmina.executor import optim
-from kasmina.executor.counterfactual import THRESHOLD_KEY, Counterfactual, LossFn, ProbeFn
+from kasmina.executor.counterfactual import Counterfactual, LossFn, ProbeFn
 from kasmina.executor.isolation import IsolationMonitor, shared_parameters
 from kasmina.executor.measure import MetricPolicy, SiteRuntime, measure
 from kasmina.executor.site import STATS_EVERY, SeedSite, SiteMode, inject, module_placement
@@ -75,7 +75,7 @@ _MODES: Mapping[Stage, SiteMode] = {
 }
 #: Gates that read the metrics the training loop reports.
 _METRIC_GATES = frozenset({Gate.G1_GRADIENT_HEALTH, Gate.G4_SYSTEM_IMPACT})
-#: Stages past TRAINING, whose seed's contribution is measured when a gate falls due.
+#: Stages past TRAINING: their seeds are probed under inference_mode.
 _CONTRIBUTING = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY})
 #: Stages whose seed collects isolation statistics (WP-K2).
 _HOOKED = frozenset({Stage.TRAINING, Stage.BLENDING})
@@ -632,7 +632,8 @@ class Executor:
             if self.optimizer is not None else 0
         inputs = measure(site, runtime, state, gates, host_params=self._host_params, metrics=metrics,
                          policy=self.policy, base_hooks=self._base_hooks.get(state.seed_id, 0),
-                         leftover_groups=leftover, contribution=self._contribution(state, gates))
+                         leftover_groups=leftover, contribution=self.counterfactual.gate_inputs(
+                             site, state, gates, lambda fn: self.run_probe(state.seed_id, fn)))
         if runtime is not None and runtime.violations and not runtime.facts.get("violation_recorded"):
             # Recorded after the decision that uses it (the tick appends with the seed's
             # current version, so nothing may be appended to that stream in between).
@@ -640,30 +641,6 @@ class Executor:
             self._facts.append((state.seed_id, ev.Event(ev.ISOLATION_VIOLATION, {
                 "count": runtime.violations, "step": self._step, "detail": "seed output depends on host parameters"})))
         return inputs
-
-    def _contribution(self, state: SeedState, gates: tuple[Gate, ...]) -> dict[str, Any]:
-        """The counterfactual's gate inputs for a seed past TRAINING (empty when not measurable).
-
-        G4 requires the contribution (the command's ``contribution_threshold``, else the
-        executor's) whenever a probe batch exists; a probe that fails leaves it unmeasured,
-        so the gate fails closed.
-        """
-        site = self.sites[state.seed_id]
-        if state.stage not in _CONTRIBUTING or site.seed is None or not gates or not self.counterfactual.available():
-            return {}
-        values: dict[str, Any] = {}
-        if Gate.G4_SYSTEM_IMPACT in gates:
-            values["contribution_threshold"] = float(state.parameters.get(THRESHOLD_KEY,
-                                                                          self.counterfactual.threshold))
-        try:
-            losses = self.counterfactual.measure(site, lambda fn: self.run_probe(state.seed_id, fn))
-        except Exception as e:  # noqa: BLE001 - the user's probe or loss failed: not measured, and why
-            values["contribution_detail"] = " ".join(f"probe failed: {type(e).__name__}: {e}".split())[:500]
-            return values
-        if losses is None:  # the last batch does not score itself: nothing to measure on
-            return {}
-        values.update({k: round(v, 9) for k, v in losses.read().items()})
-        return values
 
     def _flush_facts(self) -> None:
         facts, self._facts = self._facts, []
