@@ -8,8 +8,14 @@ new seed owned by the caller, byte-identical for the same (run seed, site, gener
 from __future__ import annotations
 
 from kasmina.catalogue.blueprints import (
+    ATTENTION,
     BOTTLENECK_MLP,
     CONV_ADAPTER,
+    CONV_HEAVY,
+    CONV_LIGHT,
+    LORA,
+    MLP,
+    NORM,
     ZERO_LINEAR,
     Blueprint,
     SeedConv2d,
@@ -32,7 +38,7 @@ from kasmina.catalogue.catalogue import (
 
 __all__ = [
     "Blueprint", "default_blueprints", "seed_generator", "generator_seed", "SeedLinear", "SeedConv2d",
-    "CONV_ADAPTER", "BOTTLENECK_MLP", "ZERO_LINEAR",
+    "CONV_ADAPTER", "BOTTLENECK_MLP", "ZERO_LINEAR", "LORA", "CONV_LIGHT", "CONV_HEAVY", "ATTENTION", "MLP", "NORM",
     "BreakerState", "CircuitBreaker",
     "CacheKey", "CachedKernel", "DeviceCache", "site_signature",
     "Catalogue", "CatalogueError", "FetchError", "FetchResult", "UnknownBlueprint", "artifact_bytes", "REASONS",

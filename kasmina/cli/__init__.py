@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     common.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
 
+    output = argparse.ArgumentParser(add_help=False)  # for commands that read no log
+    output.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    output.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+
     parser = _Parser(prog="kasmina", description="Kasmina: the seed executor's event log and tools.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--query", metavar="SQL", default=None)
 
     sub.add_parser("verify", parents=[common], help="check the hash chain and replay every transition")
+
+    sub.add_parser("blueprints", parents=[output],
+                   help="the catalogue's blueprints: site kinds they fit, parameters, default blend, checksum")
 
     fol = sub.add_parser("follow", parents=[common],
                          help="tail the log read-only, keeping a live replayed view; reports the lag")
@@ -132,6 +139,8 @@ def _progress(args: argparse.Namespace, total: int) -> tuple[Any, Callable[[int]
 def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., None], int]:
     from kasmina.cli import commands, render
 
+    if args.command == "blueprints":  # reads no log: no --db
+        return commands.blueprints(), _show_blueprints, 0
     url = args.db or default_url()
     if args.command == "db":
         if parse(url).backend == "memory":
@@ -167,6 +176,20 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
     if args.command == "follow":
         return _follow(args, url)
     raise AssertionError(args.command)  # pragma: no cover - argparse guarantees a known command
+
+
+def _show_blueprints(out: Any, data: dict[str, Any]) -> None:
+    from kasmina.cli import render
+
+    def parameters(bounds: dict[str, dict[str, Any]]) -> str:
+        return ", ".join(f"{name} {b['low']:g}..{b['high']:g}" + (" (int)" if b["integer"] else "")
+                         for name, b in bounds.items())
+
+    rows = [[b["id"] + (" (fallback)" if b["fallback"] else ""), b["version"], ", ".join(b["kinds"]) or "any",
+             parameters(b["parameters"]), b["default_blend"] or "default", b["checksum"][:16], b["description"]]
+            for b in data["blueprints"]]
+    out.print(render._table("blueprints", ["id", "version", "site kinds", "parameters", "blend", "sha256",
+                                           "description"], rows))
 
 
 def _demo(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callable[..., None], int]:

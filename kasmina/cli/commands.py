@@ -1,7 +1,8 @@
 """What each CLI command does, as plain functions returning data (no printing, no exit).
 
 The parser in ``kasmina.cli`` calls these and renders the result as a table or JSON; tests
-call them directly. None of them imports torch.
+call them directly. None of them imports torch, except :func:`blueprints` (the catalogue's
+blueprints are torch code).
 """
 
 from __future__ import annotations
@@ -200,3 +201,23 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def blueprints() -> dict[str, Any]:
+    """Every blueprint of the default catalogue: what it fits, its parameters, its checksum."""
+    from kasmina.catalogue import Catalogue
+
+    catalogue = Catalogue()
+    rows = []
+    for blueprint_id in catalogue.names():
+        bp = catalogue.get(blueprint_id)
+        rows.append({
+            "id": blueprint_id, "version": bp.version, "description": bp.description,
+            "kinds": sorted(k.value for k in bp.kinds),
+            "parameters": {name: {"low": low, "high": high, "integer": name in bp.integer_parameters}
+                           for name, (low, high) in sorted(bp.parameter_bounds.items())},
+            "default_blend": bp.default_blend,  # None: the executor's default
+            "fallback": blueprint_id == catalogue.fallback_blueprint_id,
+            "checksum": catalogue.checksum(blueprint_id),
+        })
+    return {"blueprints": rows}
