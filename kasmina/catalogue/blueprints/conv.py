@@ -156,12 +156,13 @@ def _supports_conv_adapter(site: nn.Module) -> bool:
 
 
 def build_conv_adapter(site: nn.Module, generator: torch.Generator, *, width: float | None = None,
-                       init_scale: float = 1e-3) -> nn.Module:
+                       init_scale: float = 0.0) -> nn.Module:
     """Conv with the site's geometry (in -> width) -> GELU -> 1x1 conv (width -> out).
 
     The first conv copies kernel, stride, padding, dilation and padding mode, so the output
     size matches the site's for every input size. The projection starts at ``N(0,
-    init_scale)`` with zero bias, so the seed's output starts near zero. ``width`` defaults
+    init_scale)`` with zero bias: exactly zero by default (``init_scale`` 0, function-preserving
+    at birth like every library seed; a small positive one starts near zero instead). ``width`` defaults
     to ``min(out_channels, DEFAULT_CONV_WIDTH)``.
     """
     if not _supports_conv_adapter(site):
@@ -179,7 +180,7 @@ def build_conv_adapter(site: nn.Module, generator: torch.Generator, *, width: fl
 CONV_ADAPTER = Blueprint(
     blueprint_id="conv_adapter",
     version=2,  # v2: the stored spec names the kinds it fits
-    description="Conv2d sites (groups=1): conv with the site's geometry -> GELU -> 1x1 conv, near-zero start",
+    description="Conv2d sites (groups=1): conv with the site's geometry -> GELU -> 1x1 conv (zero at birth)",
     builder=build_conv_adapter,
     parameter_bounds={"width": (1, 4096), "init_scale": (0.0, 1.0)},
     supports=_supports_conv_adapter,

@@ -2,7 +2,7 @@
 
 ``lora`` is the low-rank update of PEFT (``B A x * alpha / rank``, B zero so the seed is
 exactly zero at birth); ``bottleneck_mlp`` is the original Linear / same-padded Conv2d
-bottleneck that starts near, not at, zero.
+bottleneck (its up-projection zero at birth unless ``init_scale`` says otherwise).
 """
 
 from __future__ import annotations
@@ -138,13 +138,14 @@ def _supports_bottleneck(site: nn.Module) -> bool:
 
 
 def build_bottleneck_mlp(site: nn.Module, generator: torch.Generator, *, rank: float = 16,
-                         init_scale: float = 1e-3) -> nn.Module:
+                         init_scale: float = 0.0) -> nn.Module:
     """in -> rank -> GELU -> out; Linear layers for Linear sites, 1x1 convs for Conv2d sites.
 
     On a conv site the down-projection carries the site's stride, which reproduces the site's
     output size only when the site is "same"-padded (see :func:`keeps_spatial_alignment`);
     ``supports`` refuses other conv geometries. The up-projection starts at ``N(0,
-    init_scale)`` with zero bias, so the seed's output starts near zero.
+    init_scale)`` with zero bias: exactly zero by default (``init_scale`` 0, function-preserving
+    at birth like every library seed; a small positive one starts near zero instead).
     """
     r = int_param("rank", rank)
     if is_linear(site):
