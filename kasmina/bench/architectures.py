@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from kasmina.bench.executor import median_ms, timed
+from kasmina.bench.executor import interleaved, median_ms, timed
 
 SECRET = b"bench-secret"
 STEP_BUDGET = 1.05
@@ -146,14 +146,7 @@ def step_overhead(model_name: str, *, device: str = "cpu", repeats: int = 30, wa
                 loss.backward()
                 plain_opt.step()
 
-            for _ in range(warmup):
-                wrapped_step()
-                wired_step()
-            wrapped, wired = [], []
-            for i in range(repeats):  # interleaved, alternating which goes first
-                pair = (wired_step, wrapped_step) if i % 2 else (wrapped_step, wired_step)
-                for fn in pair:
-                    (wrapped if fn is wrapped_step else wired).append(timed(fn, dev))
+            wrapped, wired = interleaved(wrapped_step, wired_step, dev, repeats=repeats, warmup=warmup)
             site = next(iter(seeds))
             probes = [timed(lambda: ex.counterfactual.measure(
                 ex.sites[site], lambda fn: ex.run_probe(site, fn)).read(), dev) for _ in range(max(5, repeats // 3))]

@@ -73,6 +73,21 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def interleaved(first: Callable[[], Any], second: Callable[[], Any], device: torch.device, *, repeats: int,
+                warmup: int) -> tuple[list[float], list[float]]:
+    """Seconds per call of each, after a warm-up, in rounds that alternate which goes first
+    (so a slow patch of a shared machine hits both alike)."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats):
+        order = (1, 0) if i % 2 else (0, 1)
+        for which in order:
+            times[which].append(timed((first, second)[which], device))
+    return times
+
+
 def train_step(ex: Any, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
                metrics: dict[str, float] | None = None) -> None:
     """One step of the benchmark loop: forward, backward, optimizer step, ``Executor.step``."""
@@ -146,17 +161,7 @@ def _step_overhead(dev: torch.device, batch: int, repeats: int, warmup: int) -> 
             loss.backward()
             plain_opt.step()
 
-        for _ in range(warmup):
-            wrapped_step()
-            wired_step()
-        wrapped, wired = [], []
-        for i in range(repeats):  # interleaved, alternating which goes first
-            if i % 2:
-                wired.append(timed(wired_step, dev))
-                wrapped.append(timed(wrapped_step, dev))
-            else:
-                wrapped.append(timed(wrapped_step, dev))
-                wired.append(timed(wired_step, dev))
+        wrapped, wired = interleaved(wrapped_step, wired_step, dev, repeats=repeats, warmup=warmup)
         stage = ex.seed("features.2").stage
         ex.close()
     ratio = statistics.median(wrapped) / statistics.median(wired)
