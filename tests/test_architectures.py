@@ -23,7 +23,7 @@ from kasmina.catalogue.sites import UnsupportedSite
 from kasmina.rebuild import verify
 from kasmina.security import sign
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402,F401 - the dev extra: a missing install fails, never skips
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.set_verbosity_error()
