@@ -184,3 +184,40 @@ def test_kasmina_blueprints_lists_every_id_with_its_kinds(tmp_path: Path) -> Non
     table = subprocess.run([str(Path(sys.executable).with_name("kasmina")), "blueprints"],
                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert table.returncode == 0 and "conv_heavy" in table.stdout
+
+
+@pytest.mark.parametrize("name", [n for n, *_ in SITES])
+def test_example_input_is_a_fixed_batch_shaped_like_the_site_input(name: str) -> None:
+    info = _info(name)
+    catalogue = Catalogue()
+    rng_before = torch.random.get_rng_state()
+    for bp in [bp for bp in default_blueprints() if bp.takes_info and bp.misfit(info) is None]:
+        example = catalogue.example_input(bp.blueprint_id, info, 3)
+        assert example is not None and tuple(example.shape) == (3, *info.in_shape), bp.blueprint_id
+        assert torch.equal(example, catalogue.example_input(bp.blueprint_id, info, 3))  # own fixed generator
+        if info.kind.value == "embedding":
+            assert example.dtype == torch.int64 and 0 <= int(example.min()) and int(example.max()) < 20
+        else:
+            assert example.dtype == torch.float32
+        seed = bp.build(info, seed_generator(0, name, 1))
+        assert tuple(seed(example).shape) == (3, *info.out_shape)  # pre-warm can run the seed on it
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    unprobed = describe("conv", nn.Conv2d(3, 8, 3, padding=1))
+    assert catalogue.example_input("conv_light", unprobed, 3) is None  # H, W unknown before a forward
+
+
+def test_parameters_shape_the_seed() -> None:
+    catalogue = Catalogue()
+    fetch = lambda bp, site, **p: catalogue.fetch(bp, _info(site), generator=seed_generator(0, site, 1),  # noqa: E731
+                                                  parameters=p).module
+    lora = fetch("lora", "linear", rank=4, alpha=8)
+    assert lora.down.out_features == 4 and lora.scale == 2.0  # alpha / rank, as PEFT
+    with torch.no_grad():
+        lora.up.weight.fill_(1.0)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(lora(x), 2.0 * lora.up(lora.down(x)))
+    assert fetch("lora", "linear").scale == 1.0  # alpha defaults to rank
+    assert fetch("conv_heavy", "conv2d_3x3").conv1.out_channels == 8  # min(out, 64)
+    assert fetch("conv_heavy", "conv2d_3x3", width=5).conv1.out_channels == 5
+    assert fetch("mlp", "block_bd").down.out_features == 32  # 4 * D_in
+    assert fetch("mlp", "block_bd", hidden=7).down.out_features == 7
