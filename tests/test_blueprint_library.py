@@ -221,3 +221,16 @@ def test_parameters_shape_the_seed() -> None:
     assert fetch("conv_heavy", "conv2d_3x3", width=5).conv1.out_channels == 5
     assert fetch("mlp", "block_bd").down.out_features == 32  # 4 * D_in
     assert fetch("mlp", "block_bd", hidden=7).down.out_features == 7
+
+
+def test_two_conv1d_sites_of_different_sizes_never_share_a_cache_entry() -> None:
+    """transformers' Conv1D has an empty extra_repr: its signature must still tell sizes apart,
+    or the second fetch would skip the fit check that refuses it."""
+    from transformers.pytorch_utils import Conv1D
+
+    catalogue = Catalogue()
+    square = catalogue.fetch("norm", describe("a", Conv1D(8, 8)), generator=seed_generator(0, "a", 1))
+    assert not square.fallback_used
+    narrow = catalogue.fetch("norm", describe("b", Conv1D(4, 8)), generator=seed_generator(0, "b", 1))
+    assert narrow.fallback_used and narrow.reason == "unsupported_site" and not narrow.cache_hit
+    assert catalogue.stats()["failures"] == {"unsupported_site": 1}

@@ -66,7 +66,9 @@ def site_signature(site: nn.Module) -> tuple[Hashable, ...]:
                 site.dilation, site.groups, site.bias is not None, site.padding_mode)
     if isinstance(site, nn.Linear):
         return (kind, site.in_features, site.out_features, site.bias is not None)
-    return (kind, site.extra_repr())
+    # extra_repr() can be empty (transformers' Conv1D): the parameter shapes tell sizes apart.
+    shapes = tuple((name, tuple(t.shape)) for name, t in site.named_parameters(recurse=False))
+    return (kind, site.extra_repr(), shapes)
 
 
 def place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
