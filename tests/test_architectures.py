@@ -240,6 +240,29 @@ def test_misfit_blueprints_and_channel_vectors_are_refused_at_germination(tmp_pa
     ex.close()
 
 
+def test_a_block_site_seed_is_attached_again_after_a_restart_before_any_forward(tmp_path: Path) -> None:
+    """Found with the text demo's resume: a block site learns its shapes from its first forward,
+    so an executor rebuilt after a crash could not re-attach an attention seed (the fetch
+    failed and the leader culled it). The shapes are recorded when the seed is attached."""
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    torch.manual_seed(0)
+    model = gpt2_tiny()
+    ex = kasmina.Executor(model, sites=["transformer.h.1"], db=db, secret=SECRET)
+    model(torch.randint(0, 256, (2, 8)))
+    assert ex.handle(_signed(commands.germinate("transformer.h.1", "attention", parameters=FAST))).accepted
+    recorded = ex.state("transformer.h.1").kernel["site_shapes"]
+    assert recorded["in_shape"] == [8, 64] and recorded["out_shape"] == [8, 64]
+    ex.close()
+    fresh = gpt2_tiny()  # a new process: no forward has run yet
+    again = kasmina.Executor(fresh, sites=["transformer.h.1"], db=db, secret=SECRET)
+    try:
+        assert again.seed("transformer.h.1").stage == "GERMINATED"
+        assert again.sites["transformer.h.1"].seed is not None
+        assert [e.type for e in again.store.read(stream_id="transformer.h.1")].count("stage_changed") == 2
+    finally:
+        again.close()
+
+
 # -- the counterfactual ---------------------------------------------------------------------------
 
 

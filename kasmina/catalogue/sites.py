@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Mapping
 
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
@@ -60,6 +60,22 @@ class Probe:
     out_shape: tuple[int, ...]
     in_dtype: str
     out_dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the log records it (in the ``kernel_attached`` event of the seed it fitted)."""
+        return {"in_shape": list(self.in_shape), "out_shape": list(self.out_shape), "in_dtype": self.in_dtype,
+                "out_dtype": self.out_dtype}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Probe | None:
+        """The recorded shapes, or None when the record holds none (logs before they were kept)."""
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            return cls(tuple(int(d) for d in data["in_shape"]), tuple(int(d) for d in data["out_shape"]),
+                       str(data["in_dtype"]), str(data["out_dtype"]))
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:

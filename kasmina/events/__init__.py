@@ -11,10 +11,11 @@ from kasmina.events.store import (
     SNAPSHOT_EVERY, AppendResult, EventStore, NewEvent, PendingAppend, RecordedEvent, Snapshot,
 )
 from kasmina.events.urls import default_url, parse, redact
+from kasmina.events.view import LogView, ReadOnlyView
 
 __all__ = [
-    "SNAPSHOT_EVERY", "AppendResult", "EventStore", "NewEvent", "PendingAppend", "RecordedEvent",
-    "Snapshot", "default_url", "open_store", "redact",
+    "SNAPSHOT_EVERY", "AppendResult", "EventStore", "LogView", "NewEvent", "PendingAppend", "ReadOnlyView",
+    "RecordedEvent", "Snapshot", "default_url", "open_store", "redact",
 ]
 
 

@@ -32,10 +32,10 @@ from kasmina import leyline
 from kasmina.annotations import parse_blend_annotations
 from kasmina.catalogue import Catalogue, FetchError, seed_generator
 from kasmina.errors import KasminaError, StaleVersion, StoreError, StoreUnavailable
-from kasmina.events import EventStore, RecordedEvent
+from kasmina.events import EventStore, LogView, RecordedEvent
 from kasmina.executor import checkpoint as checkpoints
 from kasmina.executor.checkpoint import Checkpoint, Restored
-from kasmina.catalogue.sites import SiteInfo, describe
+from kasmina.catalogue.sites import Probe, SiteInfo, describe
 from kasmina.executor import optim
 from kasmina.executor.counterfactual import Counterfactual, LossFn, ProbeFn
 from kasmina.executor.isolation import IsolationMonitor, shared_parameters
@@ -274,6 +274,40 @@ class Executor:
             raise KasminaError(f"note {kind!r} is {size} bytes; the limit is {MAX_NOTE_BYTES}")
         outcome = self.ledger.note(ev.EXECUTOR_STREAM, [ev.Event(ev.RUN_NOTE, body)])
         return outcome.events[0].position
+
+    def lead(self) -> None:
+        """Turn this follower, caught up with the log's head, into the leader.
+
+        For a resumed run that re-executed its lost steps as a follower (over a
+        :class:`~kasmina.events.LogView` moved forward step by step), or a rank taking over
+        from a leader that is gone. From then on it handles commands, decides gates in
+        :meth:`step`, writes checkpoints and notes, and records ``executor_closed``; it is
+        what an executor built as leader on this log now would be: the nonce ledger is
+        rebuilt from the log, the kernels it attached while following are recorded
+        (``kernel_attached``, as a leader records each attach) and a seed whose kernel it
+        could not fetch is culled on record. Its step counter carries on from the steps it
+        ran. Refused when it already leads, when it is behind the log (``sync()`` first) or
+        when its store is a view still clipped at a position (``release()`` it first).
+        """
+        if self.leader:
+            raise KasminaError("lead(): this executor already leads")
+        limit = self.store.limit if isinstance(self.store, LogView) else None
+        if limit is not None:
+            raise KasminaError(f"lead(): the log view is clipped at position {limit} and would refuse every "
+                               "write; release() it and sync() first")
+        head, _ = self.store.head()
+        if head > self.ledger.position:
+            raise KasminaError(f"lead(): this follower is {head - self.ledger.position} events behind the log "
+                               f"(at {self.ledger.position}, head {head}); sync() first")
+        self.leader = True
+        self.ledger.written = max(self.ledger.written, self.ledger.position)
+        self._rebuild_nonces()
+        for name in self.sites:
+            runtime = self._runtime.get(name)
+            facts = runtime.facts.pop("unrecorded", None) if runtime is not None else None
+            if facts:
+                self.ledger.note(name, facts, retry=True)
+            self._reconcile(name)  # attaches (or culls on record) what the follower could not fetch
 
     def _writer_only(self, what: str) -> None:
         if not self.leader:
@@ -687,6 +721,10 @@ class Executor:
         site = self.sites[name]
         device, dtype = module_placement(site.base_layer)
         generator = seed_generator(self.run_seed, name, state.generation)
+        if site.probe is None:
+            # Re-attached after a restart, before any forward: a block site's shapes are the
+            # ones recorded when this generation was first attached.
+            site.probe = Probe.from_dict((state.kernel or {}).get("site_shapes"))
         try:
             fetched = self.catalogue.fetch(state.blueprint_id or "", self.site_info(name), device=device,
                                            dtype=dtype, generator=generator, parameters=state.parameters)
@@ -717,13 +755,15 @@ class Executor:
             "checksum": fetched.checksum, "fetch_ms": round(fetched.latency_ms, 4), "cache_hit": fetched.cache_hit,
             "fallback_used": fetched.fallback_used, "fallback_reason": fetched.reason,
             "prewarm_ms": runtime.prewarm_ms, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "step": self._step})]
+            "site_shapes": site.probe.to_dict() if site.probe is not None else None, "step": self._step})]
         if runtime.violations:
             runtime.facts["violation_recorded"] = True
             facts.append(ev.Event(ev.ISOLATION_VIOLATION, {"count": runtime.violations, "step": self._step,
                                                            "detail": "seed shares parameters with the host"}))
         if self.leader:
             self.ledger.note(name, facts, retry=True)
+        else:
+            runtime.facts["unrecorded"] = facts  # recorded by lead(), as a leader's attach would
         return True
 
     def _prewarm_seed(self, name: str, site: SeedSite, blueprint_id: str) -> float | None:
