@@ -9,9 +9,10 @@ seeds, not the number of events.
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from kasmina.errors import LogCorrupted
 from kasmina.events.hashing import GENESIS, chain_hash
@@ -21,7 +22,7 @@ from kasmina.lifecycle.evolve import ReplayError, evolve
 from kasmina.lifecycle.gates import GateInputs, evaluate_all
 from kasmina.lifecycle.machine import gates_for
 from kasmina.lifecycle.stages import Gate, Stage
-from kasmina.lifecycle.state import STATE_SCHEMA, SeedState, digest
+from kasmina.lifecycle.state import STATE_SCHEMA, SeedState, canonical_json, digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,35 @@ class ReplayResult:
 
 def is_seed_stream(stream_id: str) -> bool:
     return stream_id != ev.EXECUTOR_STREAM
+
+
+#: What a seed's events record about how long something took, not what was decided.
+_TIMINGS = frozenset({"fetch_ms", "fetch_latency_ms", "prewarm_ms", "cache_hit"})
+
+
+def _decided(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _decided(v) for k, v in value.items() if k not in _TIMINGS}
+    if isinstance(value, list):
+        return [_decided(v) for v in value]
+    return value
+
+
+def decisions_digest(store: EventStore, *, to_position: int | None = None) -> str:
+    """SHA-256 of what the log decided, seed by seed: every seed event in order, without timings.
+
+    The state digest (:attr:`ReplayResult.digest`) also covers log positions and kernel
+    fetch times, so two runs that made the same decisions never share it. This one leaves
+    out the executor stream (checkpoints, notes), ``kernel_attached`` facts (a resumed run
+    attaches its seeds again) and timing fields: two runs share it exactly when every seed
+    went through the same stages at the same steps, for the same recorded reasons.
+    """
+    body: dict[str, list[Any]] = {}
+    with closing(store.read(upto=to_position)) as events:
+        for event in events:
+            if is_seed_stream(event.stream_id) and event.type != ev.KERNEL_ATTACHED:
+                body.setdefault(event.stream_id, []).append([event.type, _decided(dict(event.data))])
+    return hashlib.sha256(canonical_json({k: body[k] for k in sorted(body)}).encode()).hexdigest()
 
 
 def fold(events: Iterable[RecordedEvent], seeds: dict[str, SeedState] | None = None) -> ReplayResult:

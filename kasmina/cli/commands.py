@@ -90,13 +90,15 @@ def history(url: str, seed_id: str) -> dict[str, Any]:
 
 
 def replay(url: str, to_position: int | None = None) -> dict[str, Any]:
+    from kasmina.rebuild import decisions_digest
     from kasmina.rebuild import replay as do_replay
 
     if to_position is not None and to_position < 0:
         raise KasminaError(f"--to-position must be >= 0, got {to_position}")
     with open_store(url) as store:
         result = do_replay(store, to_position=to_position)
-    return {"position": result.position, "digest": result.digest,
+        decided = decisions_digest(store, to_position=result.position)
+    return {"position": result.position, "digest": result.digest, "decisions_digest": decided,
             "seeds": {sid: s.to_dict() for sid, s in sorted(result.seeds.items())}}
 
 

@@ -52,6 +52,8 @@ def replay(out: Console, data: dict[str, Any]) -> None:
     out.print(_table(f"seeds at position {data['position']}",
                      ["seed", "stage", "gen", "blueprint", "blend", "since step", "version"], rows))
     out.print(f"digest {data['digest']}")
+    out.print(f"decisions digest {data['decisions_digest']} (stages, steps and reasons only: equal for runs "
+              "that decided the same)")
 
 
 def audit(out: Console, data: dict[str, Any]) -> None:
