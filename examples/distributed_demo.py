@@ -56,8 +56,9 @@ def _checksum(model: torch.nn.Module) -> str:
 
 
 def _worker(rank: int, args: argparse.Namespace, port: int, secret: bytes) -> None:
-    from kasmina.demo import data, model
-    from kasmina.demo.controller import ScriptedController, default_plan
+    from kasmina.demo import DemoOptions
+    from kasmina.demo.controller import ScriptedController
+    from kasmina.demo.digits import TASK, data, model
     from kasmina.distributed import LogSync, role
     from kasmina.executor import Executor
     from kasmina.executor.measure import MetricPolicy
@@ -94,7 +95,8 @@ def _worker(rank: int, args: argparse.Namespace, port: int, secret: bytes) -> No
                       optimizer=optimizer, run_seed=args.rng, role=role(),
                       metric=MetricPolicy(name="val_acc", higher_is_better=True, tolerance=0.02))
         sync = LogSync(ex)
-        controller = ScriptedController(default_plan(8), secret, dwell=max(2, args.steps // 12), rng=args.rng)
+        options = DemoOptions(steps=args.steps, host_steps=args.host_steps, rng=args.rng).resolved(TASK)
+        controller = ScriptedController(TASK.plan(options), secret, stages=TASK.stages(options), rng=args.rng)
         trace: list[dict[str, Any]] = []
         try:
             while ex.step_count < args.steps:

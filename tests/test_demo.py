@@ -40,7 +40,7 @@ def demo_json(db: Path, *extra: str) -> dict[str, Any]:
 
 
 def outcome(report: dict[str, Any]) -> list[tuple[str, str, str | None, int]]:
-    return [(s["seed_id"], s["stage"], s["blend_mode"], s["generations"]) for s in report["seeds"]]
+    return [(s["seed"], s["stage"], s["blend_mode"], s["generations"]) for s in report["seeds"]]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,12 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 
 def test_short_demo_grows_seeds_and_writes_a_verifiable_log(uninterrupted: tuple[Path, dict[str, Any]]) -> None:
     db, report = uninterrupted
-    assert {"accuracy_host_only", "accuracy_final", "seeds", "events"} <= report.keys()
-    assert 0.0 <= report["accuracy_host_only"] <= 1.0 and 0.0 <= report["accuracy_final"] <= 1.0
+    assert {"task", "contenders", "seeds", "events", "log_digest"} <= report.keys() and report["task"] == "digits"
+    contenders = report["contenders"]
+    assert list(contenders) == ["host", "grown", "static"]
+    assert all(0.0 <= c["val_accuracy"] <= 1.0 and c["seconds"] > 0 for c in contenders.values())
+    # The static network has the grown network's architecture: the same parameters, more than the host's.
+    assert contenders["static"]["parameters"] == contenders["grown"]["parameters"] > contenders["host"]["parameters"]
     assert report["steps"] == 96 and report["events"] > 20
     fossils = [s for s in report["seeds"] if s["stage"] == "FOSSILIZED"]
     assert len({s["blend_mode"] for s in fossils}) >= 2, report["seeds"]
@@ -63,7 +67,7 @@ def test_short_demo_grows_seeds_and_writes_a_verifiable_log(uninterrupted: tuple
     # ... then embargoed, reset and germinated again: generation 2 of the same site.
     assert culled[0]["generations"] == 2
     stages = [r[0] for r in sqlite3.connect(db).execute(
-        "SELECT to_stage FROM seed_transitions WHERE seed_id = ? ORDER BY position", (culled[0]["seed_id"],))]
+        "SELECT to_stage FROM seed_transitions WHERE seed_id = ? ORDER BY position", (culled[0]["seed"],))]
     i = stages.index("CULLED")
     assert stages[i:i + 4] == ["CULLED", "EMBARGOED", "RESETTING", "DORMANT"]
     assert "GERMINATED" in stages[i + 4:]
@@ -79,8 +83,9 @@ def test_the_same_rng_gives_the_same_run(uninterrupted: tuple[Path, dict[str, An
     _, first = uninterrupted
     again = demo_json(tmp_path / "again.db", "--rng", "3")
     assert outcome(again) == outcome(first)
-    assert again["accuracy_final"] == first["accuracy_final"]
-    assert again["accuracy_host_only"] == first["accuracy_host_only"]
+    assert again["log_digest"] == first["log_digest"]
+    for name in ("host", "grown", "static"):
+        assert again["contenders"][name]["val_accuracy"] == first["contenders"][name]["val_accuracy"]
 
 
 def _checkpoint_steps(db: Path) -> list[int]:
@@ -129,6 +134,11 @@ def test_kill_and_resume_matches_an_uninterrupted_run(uninterrupted: tuple[Path,
         assert killed_at is not None and kill_after_step - 4 <= killed_at < 96
     resumed = demo_json(db, "--rng", "3", "--resume")
     assert outcome(resumed) == outcome(expected)
+    # Exactly the uninterrupted run: the steps after the checkpoint were trained again under
+    # the decisions the log held for them, so the same decisions and the same weights.
+    assert resumed["log_digest"] == expected["log_digest"]
+    for name in ("host", "grown", "static"):
+        assert resumed["contenders"][name]["val_accuracy"] == expected["contenders"][name]["val_accuracy"]
     if kill_after_step is not None:
         assert resumed["resumed_from_step"] == killed_at
     assert json.loads(kasmina("verify", "--db", f"sqlite:///{db}", "--json").stdout)["ok"] is True
@@ -150,12 +160,14 @@ def test_plot_is_a_png_with_three_panels(uninterrupted: tuple[Path, dict[str, An
     assert (width, height) == (1000, 900)
     assert png.stat().st_size > 20_000  # three drawn panels, not an empty canvas
 
-    from kasmina.demo import model, plot
+    from kasmina.demo import plot
+    from kasmina.demo.digits import model
     from kasmina.events import open_store
 
     with open_store(f"sqlite:///{copy}") as store:
-        fig = plot.figure(store, model.SITES, {"step": [1, 2], "accuracy": [0.5, 0.6],
-                                               "accuracy_host_only": [0.5, 0.55]})
+        fig = plot.figure(store, model.SITES, {name: {"step": [151, 152], "value": [0.5, 0.6]}
+                                               for name in ("host", "grown", "static")}, offset=150,
+                          label="validation accuracy")
         alphas, spans = plot.trajectory(store, "body.2", 96)
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == 3 and "Blend weight" in titles[0] and "accuracy" in titles[1] and "Lifecycle" in titles[2]
@@ -250,14 +262,15 @@ def test_the_host_only_control_shares_no_optimizer_state_with_the_grown_host(
     seen: list[torch.optim.Optimizer] = []
     original = demo_run._train_step
 
-    def spy(model: Any, optimizer: torch.optim.Optimizer, x: Any, y: Any) -> Any:
+    def spy(task: Any, model: Any, optimizer: torch.optim.Optimizer, x: Any, y: Any) -> Any:
         if optimizer not in seen:
             seen.append(optimizer)
-        return original(model, optimizer, x, y)
+        return original(task, model, optimizer, x, y)
 
     monkeypatch.setattr(demo_run, "_train_step", spy)
     demo_run.run(DemoOptions(db=f"sqlite:///{tmp_path / 'd.db'}", steps=4, host_steps=20, rng=1))
-    host, control = seen[0], seen[-1]
+    host, control, static = seen  # the grown host's, the control's, the static network's
+    assert static is not host and static is not control
     assert host is not control
     storages = [{t.untyped_storage().data_ptr() for s in o.state.values() for t in s.values()
                  if isinstance(t, torch.Tensor) and t.numel() > 1} for o in (host, control)]

@@ -62,13 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser("demo", parents=[common],
-                          help="the main job: grow a network on the digits data set with seeds (see docs/demo.md)")
+                          help="the main job: grow a network with seeds, against the host alone and a static "
+                               "network of the grown size (see docs/demo.md)")
+    demo.add_argument("--task", choices=("digits", "text"), default=None,
+                      help="digits: an MLP on the 8x8 digits (default, seconds); text: a byte-level transformer "
+                           "LM on the Python standard library's source (minutes)")
     demo.add_argument("--steps", type=pos_int, default=None,
-                      help="training steps with seeds, after the host trained alone (default 1200)")
+                      help="training steps with seeds, after the host trained alone (default: digits 1200, text 900)")
     demo.add_argument("--rng", type=nonneg_int, default=None, help="run seed (same seed, same run; default 0)")
     demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     demo.add_argument("--host-steps", type=nonneg_int, default=None,
-                      help="steps the host trains alone before grafting (default 1000)")
+                      help="steps the host trains alone before grafting (default: digits 1000, text 600)")
+    demo.add_argument("--width", type=pos_int, default=None,
+                      help="the host's width (default: digits 8, text 64)")
+    demo.add_argument("--context", type=pos_int, default=None,
+                      help="text: bytes of context per sequence (default 128)")
     demo.add_argument("--plot", metavar="FILE.png", default=None,
                       help="write alpha per seed, validation accuracy and a lifecycle timeline to a PNG")
     demo.add_argument("--resume", action="store_true",
@@ -197,8 +205,11 @@ def _demo(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callable[
     from kasmina.demo import DemoOptions, run
     from kasmina.demo.run import render as render_demo
 
-    chosen = {"steps": args.steps, "rng": args.rng, "host_steps": args.host_steps}
+    chosen = {"task": args.task, "steps": args.steps, "rng": args.rng, "host_steps": args.host_steps,
+              "width": args.width, "context": args.context}
     given = frozenset(k for k, v in chosen.items() if v is not None)
+    if args.context is not None and args.task != "text" and not (args.resume and args.task is None):
+        _Parser(prog="kasmina demo").error("--context is an option of --task text")
     options = DemoOptions(db=url, device=args.device, plot=args.plot, resume=args.resume,
                           checkpoints=args.checkpoints, checkpoint_every=args.checkpoint_every,
                           **{k: v for k, v in chosen.items() if v is not None})

@@ -4,17 +4,10 @@ It decides only from the executor's replayed state (stage and generation of each
 never from memory of what it sent: after a crash and ``--resume`` it picks up exactly
 where the log says the run is, without sending anything twice. Every command is signed.
 
-The plan grafts one seed at a time, so gate G4 (which compares the host's validation
-metric with the seed's baseline) judges one seed, not a crowd:
-
-1. ``body.0``: ``widened_linear``, CHANNEL blend with a per-channel alpha vector.
-2. ``body.2``: ``unstable_linear``, which goes non-finite: gate G2 culls it; it is then
-   embargoed, reset and returns to DORMANT.
-3. ``head``: ``widened_linear``, CONFIDENCE blend (per-sample gate on the seed's margin).
-4. ``body.2`` again (generation 2): ``bottleneck_mlp``, RESIDUAL blend.
-
-Once, while the first seed blends, it asks for FOSSILIZE too early; the lifecycle refuses
-it (``illegal_transition``), which gives the audit views a refusal to explain.
+Each task (:mod:`kasmina.demo.digits`, :mod:`kasmina.demo.text`) gives its plan: seeds
+grafted one at a time, in order, so gate G4 judges one seed, not a crowd. A planned seed
+may also ask to be fossilized while it still blends: the lifecycle refuses it
+(``illegal_transition``), which gives the audit views a refusal to explain.
 """
 
 from __future__ import annotations
@@ -42,24 +35,12 @@ class Planned:
     blueprint: str
     parameters: Mapping[str, float] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    #: Ask for FOSSILIZE once while it blends (refused: the lifecycle's own check, on record).
+    fossilize_early: bool = False
 
     @property
     def blend_mode(self) -> str:
         return self.annotations.get("blend_mode", "CONVEX")
-
-
-def default_plan(hidden: int) -> tuple[Planned, ...]:
-    channel = ",".join("1.0" if c % 2 == 0 else "0.75" for c in range(hidden))
-    return (
-        Planned("body.0", 1, "widened_linear", {"rank": 32},
-                {"blend_mode": "CHANNEL", "alpha_vec": channel, "blend_mode_source": "demo"}),
-        Planned("body.2", 1, "unstable_linear", {"healthy_calls": 5},
-                {"blend_mode": "CONVEX", "blend_mode_source": "demo"}),
-        Planned("head", 1, "widened_linear", {"rank": 32},
-                {"blend_mode": "CONFIDENCE", "gate_k": "6", "gate_tau": "0.3", "blend_mode_source": "demo"}),
-        Planned("body.2", 2, "bottleneck_mlp", {"rank": 16},
-                {"blend_mode": "RESIDUAL", "blend_mode_source": "demo"}),
-    )
 
 
 def dwell_parameters(dwell: int) -> dict[str, int]:
@@ -70,10 +51,11 @@ def dwell_parameters(dwell: int) -> dict[str, int]:
 
 
 class ScriptedController:
-    def __init__(self, plan: tuple[Planned, ...], secret: bytes, *, dwell: int, rng: int) -> None:
+    def __init__(self, plan: tuple[Planned, ...], secret: bytes, *, stages: Mapping[str, int], rng: int) -> None:
         self.plan = plan
         self.secret = secret
-        self.dwell = dwell
+        #: Stage lengths given to every germination (a planned seed's own parameters win).
+        self.stages = dict(stages)
         self.premature_id = f"demo-{rng}-premature-fossilize"
 
     def _signed(self, command: AdaptationCommand) -> AdaptationCommand:
@@ -91,9 +73,9 @@ class ScriptedController:
             state = ex.state(item.site)
             if state.generation == item.generation - 1 and state.stage in (Stage.UNKNOWN, Stage.DORMANT):
                 cmd = commands.germinate(item.site, item.blueprint, annotations=item.annotations,
-                                         parameters={**dwell_parameters(self.dwell), **item.parameters})
+                                         parameters={**self.stages, **item.parameters})
                 return [(f"germinate {item.site} ({item.blueprint}, {item.blend_mode})", self._signed(cmd))]
-            if state.stage is Stage.BLENDING and item is self.plan[0] and not ex.store.find_command(self.premature_id):
+            if state.stage is Stage.BLENDING and item.fossilize_early and not ex.store.find_command(self.premature_id):
                 cmd = commands.fossilize(item.site, command_id=self.premature_id)
                 return [(f"fossilize {item.site} while blending", self._signed(cmd))]
             return []  # one seed in flight at a time

@@ -1,8 +1,9 @@
-"""The demo's figure: alpha per seed, validation accuracy, and a lifecycle timeline per site.
+"""The demo's figure: alpha per seed, the three contenders' validation metric, lifecycle per site.
 
 Alpha and the timeline are rebuilt from the event log alone (alpha is a pure function of
 the replayed state and the step), so the figure shows what the log says happened; only the
-accuracy curves come from the run itself (the log records gate inputs, not every metric).
+metric curves come from the run itself (the log records gate inputs, not every metric).
+Every panel counts steps from the host's first one; the seeds were grafted at ``offset``.
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ def check_target(path: str | Path) -> Path:
     return target
 
 
-def write(path: str | Path, store: EventStore, sites: Sequence[str], history: Mapping[str, Sequence[Any]]) -> Path:
+def write(path: str | Path, store: EventStore, sites: Sequence[str], history: Mapping[str, Any], *,
+          offset: int = 0, label: str = "validation metric") -> Path:
     """Write the three-panel PNG to ``path``."""
     target = check_target(path)
     import matplotlib.pyplot as plt
 
-    fig = figure(store, sites, history)
+    fig = figure(store, sites, history, offset=offset, label=label)
     try:
         fig.savefig(target, dpi=100)
     finally:
@@ -73,38 +75,51 @@ def write(path: str | Path, store: EventStore, sites: Sequence[str], history: Ma
     return target
 
 
-def figure(store: EventStore, sites: Sequence[str], history: Mapping[str, Sequence[Any]]) -> Any:
-    """The figure itself (three axes: alpha, accuracy, lifecycle), for tests and notebooks."""
+#: How each contender is drawn and named.
+CONTENDERS = {"host": "host alone (same batches)", "grown": "host with seeds (grown)",
+              "static": "grown architecture, from scratch"}
+
+
+def figure(store: EventStore, sites: Sequence[str], history: Mapping[str, Any], *, offset: int = 0,
+           label: str = "validation metric") -> Any:
+    """The figure itself (three axes: alpha, the metric per contender, lifecycle), for tests and notebooks.
+
+    ``history`` maps each contender to ``{"step": [...], "value": [...]}``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    steps = list(history.get("step", []))
-    last = max(steps) if steps else 0
-    fig, (ax_alpha, ax_acc, ax_life) = plt.subplots(3, 1, figsize=(10, 9), sharex=True,
-                                                   gridspec_kw={"height_ratios": [2, 2, 1.4]})
+    grown_steps = [s - offset for s in history.get("grown", {}).get("step", []) if s > offset]
+    last = max(grown_steps) if grown_steps else 0
+    fig, (ax_alpha, ax_metric, ax_life) = plt.subplots(3, 1, figsize=(10, 9), sharex=True,
+                                                      gridspec_kw={"height_ratios": [2, 2, 1.4]})
     paths = {site: trajectory(store, site, last) for site in sites}
     for site, (alphas, _) in paths.items():
-        ax_alpha.plot(range(len(alphas)), alphas, label=site)
+        ax_alpha.plot([offset + s for s in range(len(alphas))], alphas, label=site)
     ax_alpha.set_ylabel("alpha")
     ax_alpha.set_ylim(-0.05, 1.05)
     ax_alpha.set_title("Blend weight per seed (rebuilt from the event log)")
     ax_alpha.legend(loc="upper left")
-    ax_acc.plot(steps, list(history.get("accuracy", [])), label="host with seeds")
-    ax_acc.plot(steps, list(history.get("accuracy_host_only", [])), label="host only (same batches)")
-    ax_acc.set_ylabel("validation accuracy")
-    ax_acc.set_title("Validation accuracy")
-    ax_acc.legend(loc="lower right")
+    for name, text in CONTENDERS.items():
+        series = history.get(name) or {}
+        if series.get("step"):
+            ax_metric.plot(series["step"], series["value"], label=text)
+    ax_metric.axvline(offset, color="grey", linestyle=":", linewidth=1)
+    ax_metric.set_ylabel(label)
+    ax_metric.set_title(f"{label[0].upper()}{label[1:]} of the three contenders (seeds grafted at the dotted line)")
+    ax_metric.legend(loc="best")
     for row, (_, spans) in enumerate(paths.values()):
         for start, end, stage in spans:
-            ax_life.broken_barh([(start, max(end - start, 0.8))], (row - 0.4, 0.8), color=STAGE_COLOURS[stage])
+            ax_life.broken_barh([(offset + start, max(end - start, 0.8))], (row - 0.4, 0.8),
+                                color=STAGE_COLOURS[stage])
             if stage is Stage.CULLED:
-                ax_life.plot([start], [row], marker="X", markersize=12, color=STAGE_COLOURS[stage])
+                ax_life.plot([offset + start], [row], marker="X", markersize=12, color=STAGE_COLOURS[stage])
     ax_life.set_yticks(range(len(sites)), list(sites))
-    ax_life.set_xlabel("training step (after grafting)")
-    ax_life.set_title("Lifecycle per site")
+    ax_life.set_xlabel("training step (from the host's first)")
+    ax_life.set_title("Lifecycle per site (a cross marks a cull)")
     ax_life.legend(handles=[Patch(color=c, label=s.name) for s, c in STAGE_COLOURS.items()], ncol=5,
                    fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.35))
     fig.tight_layout()

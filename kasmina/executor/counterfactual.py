@@ -37,7 +37,7 @@ from kasmina.lifecycle.gates import CONTRIBUTION_THRESHOLD as THRESHOLD_KEY
 from kasmina.lifecycle.stages import Gate, Stage
 from kasmina.lifecycle.state import SeedState
 
-__all__ = ["Counterfactual", "LastBatch", "default_loss", "autocast_like", "PAST_TRAINING"]
+__all__ = ["Counterfactual", "LastBatch", "default_loss", "autocast_like", "evaluation_mode", "PAST_TRAINING"]
 
 #: Stages whose seed's contribution is measured when a gate falls due.
 PAST_TRAINING = frozenset({Stage.BLENDING, Stage.SHADOWING, Stage.PROBATIONARY})
@@ -75,7 +75,7 @@ def autocast_like(site: SeedSite) -> ContextManager[Any]:
 
 
 @contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
     """The model in eval mode, every module's own flag restored afterwards."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -165,7 +165,7 @@ class Counterfactual:
         """Both losses for ``site``'s seed, through ``run`` (the executor's ``run_probe``)."""
 
         def both() -> Losses | None:
-            with _evaluating(self.model), autocast_like(site):
+            with evaluation_mode(self.model), autocast_like(site):
                 with_seed = self._loss()
                 if with_seed is None:
                     return None
