@@ -185,7 +185,10 @@ def test_the_text_log_verifies_and_the_cli_explains_it(short_run: tuple[Path, di
     history = _kasmina("history", "--db", url, "head").stdout
     assert "no_contribution" in history and "EMBARGOED" in history and "contribution" in history
     audit = _kasmina("audit", "--db", url).stdout
-    assert "head" in audit and "blocks.1" in audit
+    assert "culls" in audit and "no_contribution" in audit and "contributions" in audit
+    summary = json.loads(_kasmina("audit", "--db", url, "--json").stdout)
+    measured = {(c["seed_id"], c["to_stage"]) for c in summary["contributions"]}
+    assert ("blocks.1", "FOSSILIZED") in measured and ("head", "CULLED") in measured
     replayed = json.loads(_kasmina("replay", "--db", url, "--json").stdout)
     assert replayed["decisions_digest"] == report["log_digest"]
 

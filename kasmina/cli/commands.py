@@ -190,12 +190,16 @@ def audit(url: str, query: str | None = None) -> dict[str, Any]:
                                  "GROUP BY gate, reason ORDER BY COUNT(*) DESC, reason")
         _, refusals = _query(store, "SELECT reason, COUNT(*) FROM command_refusals GROUP BY reason "
                                     "ORDER BY COUNT(*) DESC, reason")
+        _, contributions = _query(store, "SELECT seed_id, step, stage, to_stage, loss_with, loss_without, "
+                                         "contribution, threshold FROM seed_contributions ORDER BY position")
         head, head_hash = store.head()
     return {
         "database": redact(url), "events": head, "head_hash": head_hash,
         "seeds": [dict(zip(("seed_id", "stage", "generation", "since_step", "since_position"), r)) for r in seeds],
         "culls": [{"gate": g, "reason": r, "count": n} for g, r, n in culls],
         "refusals": [{"reason": r, "count": n} for r, n in refusals],
+        "contributions": [dict(zip(("seed_id", "step", "stage", "to_stage", "loss_with", "loss_without",
+                                    "contribution", "threshold"), map(_plain, r))) for r in contributions],
     }
 
 

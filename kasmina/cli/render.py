@@ -67,6 +67,11 @@ def audit(out: Console, data: dict[str, Any]) -> None:
         out.print(_table("culls", ["gate", "reason", "count"], [list(c.values()) for c in data["culls"]]))
     if data["refusals"]:
         out.print(_table("refused commands", ["reason", "count"], [list(r.values()) for r in data["refusals"]]))
+    if data["contributions"]:
+        rows = [[c["seed_id"], c["step"], f"{c['stage']} -> {c['to_stage'] or '?'}", _contribution(c),
+                 "-" if c["threshold"] is None else f"{c['threshold']:.2%}"] for c in data["contributions"]]
+        out.print(_table("contributions (the counterfactual: probe loss without the seed -> with it)",
+                         ["seed", "step", "transition", "contribution", "required"], rows))
 
 
 def simulate(out: Console, data: dict[str, Any]) -> None:
