@@ -231,11 +231,21 @@ def test_a_log_of_something_else_is_refused(tmp_path: Path) -> None:
     (["--steps", "0"], "expected a number in"),
     (["--rng", "-1"], "expected a number >= 0"),
     (["--device", "tpu"], "invalid choice"),
+    (["--task", "images"], "invalid choice"),
+    (["--context", "64"], "--context is an option of --task text"),
+    (["--task", "text", "--width", "0"], "expected a number in"),
 ])
 def test_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
     done = kasmina("demo", "--db", f"sqlite:///{tmp_path / 'x.db'}", *args, check=False, cwd=tmp_path)
     _one_line_error(done, 2, fragment)
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_text_context_longer_than_the_validation_split_allows_is_refused(tmp_path: Path) -> None:
+    done = kasmina("demo", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--task", "text", "--context", "100000",
+                   check=False)
+    _one_line_error(done, 1, "--context 100000", "give at most")
+    assert _events(tmp_path / "x.db") == 0  # nothing written
 
 
 def test_cuda_without_a_gpu_is_refused(tmp_path: Path) -> None:
@@ -275,3 +285,14 @@ def test_the_host_only_control_shares_no_optimizer_state_with_the_grown_host(
     storages = [{t.untyped_storage().data_ptr() for s in o.state.values() for t in s.values()
                  if isinstance(t, torch.Tensor) and t.numel() > 1} for o in (host, control)]
     assert storages[0] and storages[1] and not storages[0] & storages[1]
+
+
+def test_the_static_curve_noted_in_the_log_is_thinned_but_keeps_its_ends() -> None:
+    from kasmina.demo.run import NOTED_POINTS, _thinned
+
+    long = {"step": list(range(1, 2201)), "value": [float(i) for i in range(2200)]}
+    thin = _thinned(long)
+    assert len(thin["step"]) == NOTED_POINTS and thin["step"][0] == 1 and thin["step"][-1] == 2200
+    assert thin["step"] == sorted(thin["step"]) and all(v == s - 1 for s, v in zip(thin["step"], thin["value"]))
+    short = {"step": [10, 20], "value": [0.5, 0.6]}
+    assert _thinned(short) == short

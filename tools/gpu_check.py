@@ -10,8 +10,8 @@
 3. The blend harness (``kasmina bench``) in fp32 and bf16: every mode against the copy
    bandwidth and its minimal-traffic bound, fused kernels chosen automatically; the
    numerical comparison of fused and eager is ``pytest tests/test_fused.py`` (run it too).
-4. ``kasmina demo --device cuda``, short: the main job end to end on the GPU (fused blends,
-   pre-warm, checkpoints of CUDA tensors), with its seeds and accuracies.
+4. ``kasmina demo --device cuda``, short, both tasks: the main job end to end on the GPU (fused
+   blends, pre-warm, checkpoints of CUDA tensors), with its seeds and the three contenders.
 
 Prints one table; exits non-zero if a check fails.
 """
@@ -57,14 +57,15 @@ def sync_free_steps(mode: str, extra: dict[str, str], steps: int = 20) -> str:
     return f"ok ({steps} steps in BLENDING, alpha {alpha:.3g})"
 
 
-def demo_on_cuda() -> str:
+def demo_on_cuda(task: str) -> str:
     from kasmina.demo import DemoOptions, run
 
+    short = {"digits": {"steps": 96, "host_steps": 150}, "text": {"steps": 240, "host_steps": 160}}[task]
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(DemoOptions(db=f"sqlite:///{tmp}/demo.db", device="cuda", steps=96, host_steps=150, rng=3))
-    seeds = ", ".join(f"{s['seed_id']} {s['stage']} g{s['generations']} {s['blend_mode']}" for s in report.seeds)
-    return (f"ok: accuracy {report.accuracy_host_only} host only, {report.accuracy_final} grown; {seeds}; "
-            f"{report.events} events, {report.seconds} s")
+        report = run(DemoOptions(task=task, db=f"sqlite:///{tmp}/demo.db", device="cuda", rng=3, **short))
+    seeds = ", ".join(f"{s['seed']} {s['stage']} g{s['generations']} {s['blueprint']}" for s in report.seeds)
+    metric = ", ".join(f"{name} {c[report.metric]:.4f} ({c['seconds']:.1f} s)" for name, c in report.contenders.items())
+    return f"ok: {report.metric}: {metric}; {seeds}; {report.events} events, {report.seconds} s"
 
 
 def main() -> int:
@@ -103,12 +104,13 @@ def main() -> int:
         result = harness.run(device="cuda", dtype=dtype, shape=(64, 256, 56, 56), repeats=30)
         print(harness.render(result))
         print(harness.summary_line(result), flush=True)
-    try:
-        outcome = demo_on_cuda()
-    except Exception as e:  # noqa: BLE001 - report it, then fail
-        failed = True
-        outcome = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    print(f"{'kasmina demo --device cuda':<28}  {outcome}", flush=True)
+    for task in ("digits", "text"):
+        try:
+            outcome = demo_on_cuda(task)
+        except Exception as e:  # noqa: BLE001 - report it, then fail
+            failed = True
+            outcome = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        print(f"{'kasmina demo --task ' + task + ' --device cuda':<28}  {outcome}", flush=True)
     return 1 if failed else 0
 
 

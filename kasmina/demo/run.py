@@ -259,6 +259,7 @@ class _CatchUp:
 
     def finish(self, ex: Any) -> None:
         self.view.release()
+        ex.sync()  # anything recorded past the last mark (nothing, unless the log grew meanwhile)
         ex.lead()
 
 
@@ -358,7 +359,7 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
                 results["static"] = _train_static(task, ex, options, data, loop, progress)
             contenders = {k: v.to_dict(task.metric.name) for k, v in results.items()}
             if not finished or ex.step_count > first_step or recorded_static is None:
-                ex.note(DEMO_FINISHED, {"contenders": contenders, "static_history": loop.history["static"]})
+                ex.note(DEMO_FINISHED, {"contenders": contenders, "static_history": _thinned(loop.history["static"])})
             report = DemoReport(task=task.name, metric=task.metric.name, contenders=contenders,
                                 at_graft=round(loop.at_graft, 6), seeds=seed_summaries(store, task.sites),
                                 events=0, db=redact(options.db), steps=ex.step_count,
@@ -396,9 +397,17 @@ def _total(options: DemoOptions) -> int:
     return 2 * (int(options.host_steps) + int(options.steps))
 
 
+#: Points at most on a curve of the host alone or the static network (no gate reads these).
+CURVE_POINTS = 200
+
+
+def _curve_every(task: DemoTask, options: DemoOptions, steps: int) -> int:
+    return max(task.eval_every(options), steps // CURVE_POINTS)
+
+
 def _pretrain(task: DemoTask, host: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any,
               options: DemoOptions, loop: _Loop, progress: Progress | None) -> None:
-    every = task.eval_every(options)
+    every = _curve_every(task, options, int(options.host_steps))
     for step in range(int(options.host_steps)):
         began = time.perf_counter()
         _train_step(task, host, optimizer, *data.batch(options.rng, step, int(options.batch)))
@@ -473,7 +482,7 @@ def _train_static(task: DemoTask, ex: Any, options: DemoOptions, data: Any, loop
     net = static_network(task.host(options).to(options.device), ex, task.sites, options.rng)
     opt = _optimizer(net, options)
     total = int(options.host_steps) + int(options.steps)
-    every = task.eval_every(options)
+    every = _curve_every(task, options, total)
     loop.history["static"] = {"step": [], "value": []}
     seconds = 0.0
     for step in range(total):
@@ -485,6 +494,19 @@ def _train_static(task: DemoTask, ex: Any, options: DemoOptions, data: Any, loop
         if progress is not None and step % 25 == 0:
             progress(total + step, _total(options), f"the static network from scratch ({step}/{total})")
     return Contender(_evaluate(task, net, data), parameters(net), seconds)
+
+
+#: Points of the static contender's curve kept in the log (for the plot of a re-reported run).
+NOTED_POINTS = 100
+
+
+def _thinned(series: dict[str, list[float]], points: int = NOTED_POINTS) -> dict[str, list[float]]:
+    """At most ``points`` evenly spaced entries of a curve, its last one included (a note is small)."""
+    n = len(series["step"])
+    if n <= points:
+        return {k: list(v) for k, v in series.items()}
+    keep = sorted({(i * (n - 1)) // (points - 1) for i in range(points)})
+    return {k: [v[i] for i in keep] for k, v in series.items()}
 
 
 def _tell_transitions(store: EventStore, positions: Sequence[int], tell: Callable[[str], None]) -> None:
@@ -541,6 +563,12 @@ def refusal_summaries(store: EventStore) -> list[dict[str, Any]]:
             for e in store.read(stream_id=ev.EXECUTOR_STREAM) if e.type == ev.COMMAND_REFUSED]
 
 
+def _compared(metric: Any, a: float, b: float) -> str:
+    """``0.0361 better than`` / ``0.0012 worse than`` / ``equal to``, in the metric's direction."""
+    gain = metric.better(a, b)
+    return "equal to" if gain == 0 else f"{abs(gain):.4f} {'better' if gain > 0 else 'worse'} than"
+
+
 def render(report: DemoReport) -> str:
     """The human summary printed at the end of a run."""
     task = get_task(report.task)
@@ -548,11 +576,13 @@ def render(report: DemoReport) -> str:
     lines = [f"{report.task}: {task.description}; {metric.label} after {report.host_steps} + {report.steps} steps "
              f"({report.at_graft:.4f} when the seeds were grafted)",
              f"{'contender':<10} {metric.name:>18} {'parameters':>11} {'seconds':>8}"]
-    host = report.contenders["host"][metric.name]
+    value = {name: result[metric.name] for name, result in report.contenders.items()}
     for name, result in report.contenders.items():
-        vs = "" if name == "host" else f"  ({metric.better(result[metric.name], host):+.4f} vs host)"
+        vs = "" if name == "host" else f"  ({_compared(metric, value[name], value['host'])} the host's)"
         lines.append(f"{name:<10} {result[metric.name]:>18.4f} {result['parameters']:>11,} "
                      f"{result['seconds']:>8.1f}{vs}")
+    lines.append(f"the static network of the grown size, from scratch: {_compared(metric, value['static'], value['grown'])}"
+                 " the grown network's")
     lines.append(f"{'seed':<9} {'stage':<12} {'gen':>3}  {'blueprint':<15} {'blend':<11} {'contrib':>8}  why culled")
     for seed in report.seeds:
         why = "; ".join(f"generation {c['generation']} at step {c['step']}: {c['gate'] or 'command'}: {c['reason']}"

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from kasmina.demo.controller import Planned
 from kasmina.demo.task import DemoTask, Metric
 from kasmina.demo.text import corpus, model
+from kasmina.errors import KasminaError
 
 if TYPE_CHECKING:
     from kasmina.catalogue import Catalogue
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 EVAL_CHUNK = 64
 #: Windows in the counterfactual's probe batch (the first ones of the validation split).
 PROBE_WINDOWS = 32
+#: The validation split must hold at least this many windows (bounds ``--context``).
+MIN_VALIDATION_WINDOWS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,10 @@ class TextTask(DemoTask):
     def load(self, options: DemoOptions) -> TextData:
         source = corpus.load()
         context = int(options.context)
+        longest = (source.validation.numel() - 1) // MIN_VALIDATION_WINDOWS
+        if context > longest:
+            raise KasminaError(f"--context {context}: the validation split ({source.validation.numel()} bytes) "
+                               f"must hold {MIN_VALIDATION_WINDOWS} windows; give at most {longest}")
         device = torch.device(options.device)
         return TextData(source.train.to(device), windows(source.validation, context).to(device), context, source)
 
