@@ -10,21 +10,18 @@ seeds with an uninterrupted run of the same ``--rng``.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import sqlite3
 import struct
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _demo import KASMINA, kill_demo
 
 SHORT = ["--steps", "96", "--host-steps", "150"]
-KASMINA = str(Path(sys.executable).with_name("kasmina"))
 
 
 def kasmina(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -107,28 +104,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(uninterrupted: tuple[Path,
     """SIGKILL mid-run (``None``: while the host still trains alone, before any checkpoint)."""
     _, expected = uninterrupted
     db = tmp_path / "killed.db"
-    # Not --quiet: the child reports each stage change on stderr as it happens ("step N: ..."),
-    # and is killed the moment it reports one at or after ``kill_after_step``.
-    child = subprocess.Popen([KASMINA, "demo", "--db", f"sqlite:///{db}", *SHORT, "--rng", "3",
-                              "--checkpoint-every", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
-    assert child.stderr is not None
-    try:
-        if kill_after_step is None:
-            deadline = time.monotonic() + 60
-            while not db.exists() and time.monotonic() < deadline and child.poll() is None:
-                time.sleep(0.005)
-        else:
-            for line in child.stderr:
-                match = re.match(r"step (\d+):", line)
-                if match and int(match.group(1)) >= kill_after_step:
-                    break
-        assert child.poll() is None, "the demo ended before it could be killed"
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.wait(timeout=30)
-        child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
+    status = kill_demo(["--db", f"sqlite:///{db}", *SHORT, "--rng", "3", "--checkpoint-every", "4"],
+                       after_step=kill_after_step, db=db)
+    assert status == -signal.SIGKILL
     killed_at = max(_checkpoint_steps(db), default=None)
     if kill_after_step is not None:
         assert killed_at is not None and kill_after_step - 4 <= killed_at < 96

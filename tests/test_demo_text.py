@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _demo import KASMINA, kill_demo
 import torch
 
 from kasmina.demo.text import TASK, TextData, corpus, windows
@@ -117,7 +118,6 @@ def test_bits_per_byte_of_a_uniform_model_is_eight(stdlib: corpus.Corpus) -> Non
 #: sizes the mlp seed at ``blocks.1`` earns 0.9 % of the probe loss (0.5 % asked) and the
 #: rank-4 lora at ``head`` 0.1 % (2 % asked).
 SHORT = ["--task", "text", "--steps", "240", "--host-steps", "160", "--width", "32", "--context", "64"]
-KASMINA = str(Path(sys.executable).with_name("kasmina"))
 
 
 def _kasmina(*args: str) -> Any:
@@ -199,25 +199,13 @@ def test_kill_and_resume_ends_exactly_as_the_uninterrupted_run(short_run: tuple[
     """SIGKILL well after a checkpoint: the resumed run trains the lost steps again under the
     decisions the log already holds, then leads; it ends with the same decisions (the log's
     decisions digest) and the same weights (validation loss to 1e-6) as the uninterrupted run."""
-    import re
     import signal
-    import subprocess
 
     _, expected = short_run
     db = tmp_path / "killed.db"
-    child = subprocess.Popen([KASMINA, "demo", "--db", f"sqlite:///{db}", *SHORT, "--checkpoint-every", "40"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert child.stderr is not None
-    try:
-        for line in child.stderr:
-            match = re.match(r"step (\d+):", line)
-            if match and int(match.group(1)) >= 130:  # past the checkpoint of step 120, with decisions after it
-                break
-        assert child.poll() is None, "the demo ended before it could be killed"
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.wait(timeout=30)
-        child.stderr.close()
+    # Killed past the checkpoint of step 120, with decisions recorded after it.
+    assert kill_demo(["--db", f"sqlite:///{db}", *SHORT, "--checkpoint-every", "40"], after_step=130,
+                     db=db) == -signal.SIGKILL
     resumed = _demo(db, "--resume")
     assert resumed["resumed_from_step"] is not None and resumed["steps_retrained"] > 0
     assert resumed["log_digest"] == expected["log_digest"]

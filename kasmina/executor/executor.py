@@ -278,16 +278,10 @@ class Executor:
     def lead(self) -> None:
         """Turn this follower, caught up with the log's head, into the leader.
 
-        For a resumed run that re-executed its lost steps as a follower (over a
-        :class:`~kasmina.events.LogView` moved forward step by step), or a rank taking over
-        from a leader that is gone. From then on it handles commands, decides gates in
-        :meth:`step`, writes checkpoints and notes, and records ``executor_closed``; it is
-        what an executor built as leader on this log now would be: the nonce ledger is
-        rebuilt from the log, the kernels it attached while following are recorded
-        (``kernel_attached``, as a leader records each attach) and a seed whose kernel it
-        could not fetch is culled on record. Its step counter carries on from the steps it
-        ran. Refused when it already leads, when it is behind the log (``sync()`` first) or
-        when its store is a view still clipped at a position (``release()`` it first).
+        For a resumed run that re-executed its lost steps as a follower, or a rank taking over
+        from a leader that is gone: afterwards it is what a leader built on this log now would
+        be (nonces rebuilt, held-back ``kernel_attached`` facts recorded, unfetchable seeds
+        culled on record); its step counter carries on. See docs/executor.md.
         """
         if self.leader:
             raise KasminaError("lead(): this executor already leads")
