@@ -68,11 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="digits: an MLP on the 8x8 digits (default, seconds); text: a byte-level transformer "
                            "LM on the Python standard library's source (minutes)")
     demo.add_argument("--steps", type=pos_int, default=None,
-                      help="training steps with seeds, after the host trained alone (default: digits 1200, text 900)")
+                      help="training steps with seeds, after the host trained alone (default: digits 1200, text 1000)")
     demo.add_argument("--rng", type=nonneg_int, default=None, help="run seed (same seed, same run; default 0)")
     demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     demo.add_argument("--host-steps", type=nonneg_int, default=None,
-                      help="steps the host trains alone before grafting (default: digits 1000, text 600)")
+                      help="steps the host trains alone before grafting (default: digits 1000, text 800)")
     demo.add_argument("--width", type=pos_int, default=None,
                       help="the host's width (default: digits 8, text 64)")
     demo.add_argument("--context", type=pos_int, default=None,

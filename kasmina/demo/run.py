@@ -152,7 +152,7 @@ def _check_log(store: EventStore, options: DemoOptions, given: frozenset[str]) -
     if "hidden" in recorded:  # the digits run's width, as the first runs recorded it
         recorded.setdefault("width", recorded.pop("hidden"))
     for key, mine in options.recorded().items():
-        if key in given and recorded.get(key) != mine:
+        if key in given and mine is not None and recorded.get(key) != mine:
             raise KasminaError(f"--resume: the run in {redact(options.db)} was started with {_flag(key)} "
                                f"{recorded.get(key)}, not {mine}; pass the same value or leave it out")
     mine = {f.name for f in fields(DemoOptions)}
@@ -170,6 +170,13 @@ def _check_data(store: EventStore, options: DemoOptions, described: dict[str, An
             raise KasminaError(f"--resume: the run in {redact(options.db)} was trained on other data ({key} "
                                f"sha256 {str(before.get('sha256', before))[:12]}..., here "
                                f"{str(value.get('sha256', value))[:12]}...); resume it where it started")
+
+
+def _check_extra(extra: dict[str, Any], options: DemoOptions) -> None:
+    """A checkpoint written by a kasmina before the three contenders cannot be continued here."""
+    if "at_graft" not in extra or "seconds" not in extra:
+        raise KasminaError(f"the run in {redact(options.db)} was written by an earlier kasmina (before the "
+                           "three contenders) and cannot be resumed by this one; start a new run with another --db")
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -243,7 +250,9 @@ class _CatchUp:
         step = 0
         for event in store.read(after=after):
             given = event.data.get("step")
-            step = given if isinstance(given, int) else step
+            # Monotone: a fact recorded late (a kernel_attached that lead() held back) carries
+            # the step it happened at, but must not pull later positions back with it.
+            step = max(step, given) if isinstance(given, int) else step
             self.marks.append((event.position, step))
         self.head = self.marks[-1][0] if self.marks else after
         self.last_step = max((s for _, s in self.marks), default=0)
@@ -326,8 +335,12 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
             if found is not None:
                 restored = ex.restore()
                 assert restored is not None  # latest() just vouched for it
+                _check_extra(restored.extra, options)
                 loop.load(restored.extra)
                 resumed_from = restored.checkpoint.step
+                # As on a fresh run: one forward shows each block site its shapes before the
+                # controller may graft there (eval mode, no autograd: nothing trains).
+                _evaluate(task, host, data)
                 tell(f"resumed: model from the checkpoint of step {resumed_from} "
                      f"({restored.checkpoint.path.name})" + (
                          f"; retraining the steps after it up to step {catch_up.last_step} under the log's "
@@ -466,9 +479,10 @@ def _train(task: DemoTask, ex: Any, host: torch.nn.Module, optimizer: torch.opti
             progress(host_steps + ex.step_count, _total(options), _status(ex, loop, metric.label))
         if catch_up is None and (ex.step_count % options.every == 0 or ex.step_count == int(options.steps)):
             last_checkpoint = str(ex.checkpoint(_checkpoint_dir(options), extra=loop.extra()).path)
-    if catch_up is not None:  # killed after its last step: nothing left to retrain
+    if catch_up is not None:  # killed after its last step's decisions, before its checkpoint
         catch_up.fold(ex)
         catch_up.finish(ex)
+        last_checkpoint = str(ex.checkpoint(_checkpoint_dir(options), extra=loop.extra()).path)
     return last_checkpoint
 
 

@@ -8,7 +8,8 @@ fixed so that a run says exactly what it was trained on:
   passed over, never opened);
 * split: every tenth file (positions 9, 19, ... in name order) is validation, the rest train;
 * each split is its files concatenated in name order; over its byte budget, it keeps
-  evenly spaced blocks of :data:`BLOCK` bytes (so every file still contributes);
+  evenly spaced blocks of :data:`BLOCK` bytes, drawn across the whole split (not only
+  its first files; a short file may fall between two blocks);
 * the SHA-256 of the file list (split, name, size, SHA-256 of the content, one line each)
   and of the budgets is recorded in the log with the run's configuration.
 """

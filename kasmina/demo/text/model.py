@@ -1,7 +1,7 @@
 """The text task's host: a small byte-level causal transformer language model.
 
-Pre-norm GPT blocks (causal self-attention, then a 4x GELU MLP, each on a residual
-path), learned positions, vocabulary 256 (one token per byte). Written out here, not
+Pre-norm GPT blocks (causal self-attention, then a GELU MLP ``mlp_ratio`` times the width,
+each on a residual path), learned positions, vocabulary 256 (one token per byte). Written out here, not
 taken from ``transformers``, so the main job needs nothing beyond torch; the same sites
 on a Hugging Face GPT-2 are covered in docs/architectures.md.
 
