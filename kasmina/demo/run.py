@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from kasmina.demo.contenders import NAMES as CONTENDERS
 from kasmina.demo.task import DemoTask, evaluating
 from kasmina.errors import KasminaError
 from kasmina.events import EventStore, migrate, parse
@@ -216,7 +217,7 @@ class _Loop:
     at_graft: float
     ema: float | None = None
     history: dict[str, dict[str, list[float]]] = field(
-        default_factory=lambda: {name: {"step": [], "value": []} for name in ("host", "grown", "static")})
+        default_factory=lambda: {name: {"step": [], "value": []} for name in CONTENDERS})
     seconds: dict[str, float] = field(default_factory=lambda: {"pretrain": 0.0, "host": 0.0, "grown": 0.0})
 
     def extra(self) -> dict[str, Any]:

@@ -37,7 +37,6 @@ class Metric:
     label: str  # for people, e.g. "validation accuracy"
     higher_is_better: bool
     tolerance: float  # G4: the relative regression allowed against the seed's baseline
-    unit: str = ""
 
     def better(self, a: float, b: float) -> float:
         """How much better ``a`` is than ``b`` (positive: better), in the metric's own units."""

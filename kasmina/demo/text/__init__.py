@@ -59,8 +59,7 @@ def windows(data: Tensor, context: int) -> Tensor:
 class TextTask(DemoTask):
     name = "text"
     description = "a byte-level causal transformer LM on the Python standard library's source"
-    metric = Metric("val_bits_per_byte", "validation bits per byte", higher_is_better=False, tolerance=0.02,
-                    unit="bits/byte")
+    metric = Metric("val_bits_per_byte", "validation bits per byte", higher_is_better=False, tolerance=0.02)
     sites = model.SITES
     defaults = {"steps": 1000, "host_steps": 800, "batch": 16, "lr": 3e-3, "weight_decay": 0.01,
                 "width": 64, "context": 128}
