@@ -24,13 +24,13 @@ if TYPE_CHECKING:
     from kasmina import commands, kernels, leyline
     from kasmina.catalogue import Blueprint, Catalogue
     from kasmina.events import EventStore
-    from kasmina.executor import Executor, Result, SeedView
+    from kasmina.executor import Executor, MetricPolicy, Result, SeedView
     from kasmina.kernels import BlenderConfig, BlendMode
     from kasmina.rebuild import ReplayResult
     from kasmina.security import Keyring, sign
 
 _LAZY = {
-    "Executor": "kasmina.executor", "Result": "kasmina.executor", "SeedView": "kasmina.executor",
+    "Executor": "kasmina.executor", "MetricPolicy": "kasmina.executor", "Result": "kasmina.executor", "SeedView": "kasmina.executor",
     "BlendMode": "kasmina.kernels", "BlenderConfig": "kasmina.kernels",
     "Blueprint": "kasmina.catalogue", "Catalogue": "kasmina.catalogue",
     "Keyring": "kasmina.security", "sign": "kasmina.security",
@@ -38,7 +38,7 @@ _LAZY = {
 }
 _MODULES = {"commands", "kernels", "leyline", "security", "catalogue", "events", "lifecycle"}
 
-__all__ = ["Executor", "Result", "SeedView", "BlendMode", "BlenderConfig", "Blueprint", "Catalogue",
+__all__ = ["Executor", "MetricPolicy", "Result", "SeedView", "BlendMode", "BlenderConfig", "Blueprint", "Catalogue",
            "EventStore", "Gate", "KasminaError", "Keyring", "Stage", "commands", "kernels", "leyline",
            "replay", "sign"]
 

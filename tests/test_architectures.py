@@ -108,8 +108,11 @@ def _grow(model_fn: Callable[[], nn.Module], seeds: dict[str, tuple[str, dict[st
     reference = copy.deepcopy(model)  # the host without seeds, trained on the same batches
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ref_opt = torch.optim.AdamW(reference.parameters(), lr=1e-3)
+    # The metric below is the loss of one random-label batch of 4: noise that G4's default 5 %
+    # tolerance cannot tell from a regression (and its path differs between CPUs), so G4 may cull
+    # every seed at once. These tests are about the sites; G4 is tested on a real metric elsewhere.
     ex = kasmina.Executor(model, sites=list(seeds), db=f"sqlite:///{tmp_path / 'run.db'}", secret=SECRET,
-                          optimizer=opt)
+                          optimizer=opt, metric=kasmina.MetricPolicy(tolerance=1.0))
 
     def train_step(step: int, *, compare: bool) -> None:
         batch = batch_fn(step)
@@ -147,7 +150,9 @@ def _grow(model_fn: Callable[[], nn.Module], seeds: dict[str, tuple[str, dict[st
             break
         train_step(step, compare=False)
         step += 1
-    assert {s: ex.seed(s).stage for s in seeds} == {s: "FOSSILIZED" for s in seeds}
+    # The reasons in the message: a cull here says which gate fell and why.
+    assert {s: ex.seed(s).stage for s in seeds} == {s: "FOSSILIZED" for s in seeds}, \
+        {s: ex.state(s).cull_reason for s in seeds}
     for site, (blueprint, _, _) in seeds.items():
         assert ex.state(site).blueprint_id == blueprint and ex.state(site).kernel["used"] == blueprint
     contributions = [e for s in seeds for e in ex.store.read(stream_id=s)
