@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from kasmina.security import Keyring, sign
 
 _LAZY = {
-    "Executor": "kasmina.executor", "MetricPolicy": "kasmina.executor", "Result": "kasmina.executor", "SeedView": "kasmina.executor",
+    "Executor": "kasmina.executor", "MetricPolicy": "kasmina.executor", "Result": "kasmina.executor",
+    "SeedView": "kasmina.executor",
     "BlendMode": "kasmina.kernels", "BlenderConfig": "kasmina.kernels",
     "Blueprint": "kasmina.catalogue", "Catalogue": "kasmina.catalogue",
     "Keyring": "kasmina.security", "sign": "kasmina.security",
