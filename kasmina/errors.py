@@ -50,6 +50,6 @@ class UnknownSeed(KasminaError):
 class LogCorrupted(KasminaError):
     """The hash chain or the replay found a bad event."""
 
-    def __init__(self, position: int, problem: str) -> None:
-        super().__init__(f"position {position}: {problem}")
-        self.position, self.problem = position, problem
+    def __init__(self, position: int, problem: str, run: str | None = None) -> None:
+        super().__init__(f"{'' if run is None else f'run {run!r}, '}position {position}: {problem}")
+        self.position, self.problem, self.run = position, problem, run

@@ -86,18 +86,25 @@ class Ledger:
         """
         if upto is not None and upto <= self.position:
             return []
-        folded: list[RecordedEvent] = []
         with closing(self.store.read(after=self.position, upto=upto)) as events:
-            for event in events:
-                self.position = event.position
-                if not is_seed_stream(event.stream_id):
-                    folded.append(event)
-                    continue
-                state = self.state(event.stream_id)
-                if event.version <= state.version:
-                    continue  # our own append, folded when it was made
-                self.seeds[event.stream_id] = evolve(state, event)
+            return self.apply(events)
+
+    def apply(self, events: Iterable[RecordedEvent]) -> list[RecordedEvent]:
+        """Fold events that follow :attr:`position`, read by the caller (a reader of every
+        run hands each run's ledger its share of the feed); returns those folded."""
+        folded: list[RecordedEvent] = []
+        for event in events:
+            if event.position <= self.position:
+                continue  # already folded
+            self.position = event.position
+            if not is_seed_stream(event.stream_id):
                 folded.append(event)
+                continue
+            state = self.state(event.stream_id)
+            if event.version <= state.version:
+                continue  # our own append, folded when it was made
+            self.seeds[event.stream_id] = evolve(state, event)
+            folded.append(event)
         return folded
 
     def _append(self, batches: Sequence[PendingAppend]) -> list[AppendResult]:

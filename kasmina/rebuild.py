@@ -16,6 +16,8 @@ from typing import Any, Iterable, Iterator
 
 from kasmina.errors import LogCorrupted
 from kasmina.events.hashing import GENESIS, chain_hash
+from kasmina.events.runs import genesis as run_genesis
+from kasmina.events.schema import DEFAULT_RUN
 from kasmina.events.store import SNAPSHOT_EVERY, EventStore, RecordedEvent, Snapshot
 from kasmina.lifecycle import events as ev
 from kasmina.lifecycle.evolve import ReplayError, evolve
@@ -138,12 +140,13 @@ def _check_gates(event: RecordedEvent) -> str | None:
     return None
 
 
-def verify_events(events: Iterator[RecordedEvent]) -> int:
-    """Check the hash chain, positions and replay of raw events; returns the count.
+def verify_events(events: Iterator[RecordedEvent], *, genesis: str = GENESIS) -> int:
+    """Check the hash chain (from ``genesis``, the run's), positions and replay of one run's
+    raw events; returns the count.
 
     Raises :class:`LogCorrupted` naming the first bad position.
     """
-    prev_hash, expected_position, count = GENESIS, 1, 0
+    prev_hash, expected_position, count = genesis, 1, 0
     seeds: dict[str, SeedState] = {}
     versions: dict[str, int] = {}
     for raw in events:
@@ -175,15 +178,30 @@ def verify_events(events: Iterator[RecordedEvent]) -> int:
 
 
 def verify(store: EventStore) -> int:
-    """Verify the whole log, and that the head the store reports is its last event."""
-    # closing(): a failed check must not leave the read transaction (and its lock) open.
-    with closing(store.read(raw=True)) as events:
-        count = verify_events(events)
-    head, head_hash = store.head()
+    """Verify the store's run, and that the heads it reports are its last event.
+
+    Two heads: the last event the store finds, and the one ``kasmina_runs`` recorded at the
+    run's last append (SQL stores), which tells a cut-off tail from a short run.
+    """
+    run = None if store.run == DEFAULT_RUN else store.run
+    try:
+        # closing(): a failed check must not leave the read transaction (and its lock) open.
+        with closing(store.read(raw=True)) as events:
+            count = verify_events(events, genesis=run_genesis(store.run))
+        head, head_hash = store.head()
+        _check_head(store, count, head, head_hash, "head")
+        recorded = getattr(store, "run_head", None)
+        if recorded is not None:
+            _check_head(store, count, *recorded(), "the run's recorded head")
+    except LogCorrupted as e:
+        raise LogCorrupted(e.position, e.problem, run) from None
+    return count
+
+
+def _check_head(store: EventStore, count: int, head: int, head_hash: str, what: str) -> None:
     if head != count:
-        raise LogCorrupted(count + 1 if head > count else head, f"head says {head} events, log holds {count}")
+        raise LogCorrupted(count + 1 if head > count else head, f"{what} says {head} events, log holds {count}")
     with closing(store.read(after=max(head - 1, 0), raw=True)) as tail:
         last = next(tail, None)
     if last is not None and last.hash != head_hash:
-        raise LogCorrupted(head, "head hash does not match the last event")
-    return count
+        raise LogCorrupted(head, f"{what}'s hash does not match the last event")

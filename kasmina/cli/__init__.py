@@ -13,8 +13,9 @@ import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from kasmina.bench import flags as bench_flags
-from kasmina.cli.argtypes import nonneg_int, pos_float, pos_int, revision
+from kasmina.cli.argtypes import nonneg_int, pos_float, pos_int, revision, run_name
 from kasmina.errors import KasminaError
+from kasmina.events.runs import ENV_VAR as RUN_ENV_VAR
 from kasmina.events.urls import ENV_VAR, default_url, parse
 
 EXIT_USER_ERROR = 1
@@ -37,8 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="URL", default=None,
                         help=f"event log URL (default: ${ENV_VAR}, else sqlite:///kasmina.db)")
+    common.add_argument("--run", metavar="NAME", type=run_name, default=None,
+                        help=f"the run in the log (default: ${RUN_ENV_VAR}, else 'default')")
     common.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     common.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+    every = argparse.ArgumentParser(add_help=False)
+    every.add_argument("--all-runs", action="store_true", help="every run in the log, each on its own")
 
     output = argparse.ArgumentParser(add_help=False)  # for commands that read no log
     output.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -54,11 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     down = db_sub.add_parser("downgrade", parents=[common], help="downgrade the schema ('base' drops the log)")
     down.add_argument("revision", type=revision)
     db_sub.add_parser("current", parents=[common], help="show the schema revision")
+    grant = db_sub.add_parser("grant", parents=[common],
+                              help="PostgreSQL: let a database role write its own runs (or, --auditor, read all)")
+    grant.add_argument("role", help="an existing PostgreSQL role")
+    grant.add_argument("--auditor", action="store_true", help="read every run, write nothing")
 
     sim = sub.add_parser("simulate", parents=[common], help="run synthetic seed lifecycles into the log")
     sim.add_argument("--seeds", type=pos_int, default=8)
     sim.add_argument("--steps", type=pos_int, default=400)
     sim.add_argument("--rng", type=nonneg_int, default=0, help="run seed (same seed, same history)")
+    sim.add_argument("--runs", type=pos_int, default=None, metavar="N",
+                     help="write N runs at once, one process each, named sim-0..sim-N-1 (a sweep to audit)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser("demo", parents=[common],
@@ -90,18 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     hist = sub.add_parser("history", parents=[common], help="one seed's transitions, gates and reasons")
     hist.add_argument("seed", help="seed id (its site name)")
 
-    rep = sub.add_parser("replay", parents=[common], help="rebuild every seed from the log, with a digest")
+    rep = sub.add_parser("replay", parents=[common, every], help="rebuild every seed from the log, with a digest")
     rep.add_argument("--to-position", type=nonneg_int, default=None, metavar="N")
 
     aud = sub.add_parser("audit", parents=[common], help="summary from the SQL views, or a read-only query")
     aud.add_argument("--query", metavar="SQL", default=None)
 
-    sub.add_parser("verify", parents=[common], help="check the hash chain and replay every transition")
+    sub.add_parser("verify", parents=[common, every], help="check the hash chain and replay every transition")
+    sub.add_parser("runs", parents=[common], help="every run in the log: status, steps, seeds by stage, culls, events")
 
     sub.add_parser("blueprints", parents=[output],
                    help="the catalogue's blueprints: site kinds they fit, parameters, default blend, checksum")
 
-    fol = sub.add_parser("follow", parents=[common],
+    fol = sub.add_parser("follow", parents=[common, every],
                          help="tail the log read-only, keeping a live replayed view; reports the lag")
     fol.add_argument("--interval", type=pos_float, default=0.2, metavar="S", help="seconds between polls")
     fol.add_argument("--until-position", type=pos_int, default=None, metavar="N", help="stop once N is applied")
@@ -156,27 +168,32 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
                                "sqlite:///PATH or postgresql://...")
         fn = {"upgrade": lambda: commands.db_upgrade(url, args.revision),
               "downgrade": lambda: commands.db_downgrade(url, args.revision),
-              "current": lambda: commands.db_current(url)}[args.db_command]
+              "current": lambda: commands.db_current(url),
+              "grant": lambda: commands.db_grant(url, args.role, auditor=args.auditor)}[args.db_command]
         return fn(), render.db, 0
     if args.command == "simulate":
         bar, progress = _progress(args, args.steps)
         if bar is not None:
             with bar:
-                data = commands.simulate(url, seeds=args.seeds, steps=args.steps, rng=args.rng, progress=progress)
+                data = commands.simulate(url, seeds=args.seeds, steps=args.steps, rng=args.rng, run=args.run,
+                                         progress=progress)
         else:
-            data = commands.simulate(url, seeds=args.seeds, steps=args.steps, rng=args.rng)
+            data = commands.simulate(url, seeds=args.seeds, steps=args.steps, rng=args.rng, run=args.run)
         return data, render.simulate, 0
     if args.command == "demo":
         return _demo(args, url)
+    _one_or_all(args)
     if args.command == "history":
-        return commands.history(url, args.seed), render.history, 0
+        return commands.history(url, args.seed, args.run), render.history, 0
     if args.command == "replay":
-        return commands.replay(url, args.to_position), render.replay, 0
+        return commands.replay(url, args.to_position, args.run, args.all_runs), render.replay, 0
     if args.command == "audit":
-        return commands.audit(url, args.query), render.audit, 0
+        return commands.audit(url, args.query, args.run), render.audit, 0
     if args.command == "verify":
-        data = commands.verify(url)
+        data = commands.verify(url, args.run, args.all_runs)
         return data, render.verify, 0 if data["ok"] else EXIT_VERIFY_FAILED
+    if args.command == "runs":
+        return commands.runs(url), render.runs, 0
     if args.command == "bench":
         return _bench(args)
     if args.command == "telemetry":
@@ -184,6 +201,11 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
     if args.command == "follow":
         return _follow(args, url)
     raise AssertionError(args.command)  # pragma: no cover - argparse guarantees a known command
+
+
+def _one_or_all(args: argparse.Namespace) -> None:
+    if getattr(args, "all_runs", False) and args.run is not None:
+        _Parser(prog=f"kasmina {args.command}").error("--run and --all-runs: give one or the other")
 
 
 def _show_blueprints(out: Any, data: dict[str, Any]) -> None:
@@ -210,7 +232,7 @@ def _demo(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callable[
     given = frozenset(k for k, v in chosen.items() if v is not None)
     if args.context is not None and args.task != "text" and not (args.resume and args.task is None):
         _Parser(prog="kasmina demo").error("--context is an option of --task text")
-    options = DemoOptions(db=url, device=args.device, plot=args.plot, resume=args.resume,
+    options = DemoOptions(db=url, run=args.run, device=args.device, plot=args.plot, resume=args.resume,
                           checkpoints=args.checkpoints, checkpoint_every=args.checkpoint_every,
                           **{k: v for k, v in chosen.items() if v is not None})
     if args.plot is not None and not args.plot.lower().endswith(".png"):
@@ -243,30 +265,51 @@ def _demo(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callable[
 def _follow(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callable[..., None], int]:
     """A line (or a JSON object) per transition or refusal as it arrives; the lag at the end."""
     from kasmina.events import open_store
-    from kasmina.follow import Follower
+    from kasmina.events.runs import resolve
+    from kasmina.follow import Follower, RunsFollower
     from kasmina.lifecycle import events as ev
 
-    with open_store(url) as store:
-        follower = Follower(store, interval_s=args.interval, from_start=args.from_start)
+    every = args.all_runs
+    if every and args.until_position is not None:
+        _Parser(prog="kasmina follow").error("--until-position is a position in one run: not with --all-runs")
+    with open_store(url, run=resolve(None if every else args.run)) as store:
+        follower: Follower | RunsFollower = (
+            RunsFollower(store, interval_s=args.interval, from_start=args.from_start) if every
+            else Follower(store, interval_s=args.interval, from_start=args.from_start))
         for batch in follower.follow(until_position=args.until_position, idle_timeout_s=args.idle_timeout):
-            for e in batch:
+            for item in batch:
+                run, e = (item.run, item.event) if every else (store.run, item)
                 if e.type not in (ev.STAGE_CHANGED, ev.COMMAND_REFUSED, ev.GATE_FAILED):
                     continue
-                line = {"position": e.position, "seed": e.stream_id, "type": e.type, "step": e.data.get("step"),
-                        "from": e.data.get("from_stage"), "to": e.data.get("to_stage"),
+                line = {"run": run, "position": e.position, "seed": e.stream_id, "type": e.type,
+                        "step": e.data.get("step"), "from": e.data.get("from_stage"), "to": e.data.get("to_stage"),
                         "reason": e.data.get("reason")}
                 if args.json:
                     print(json.dumps(line), flush=True)
                 else:
                     move = f"{line['from']} -> {line['to']}" if line["to"] else e.type
-                    print(f"{e.position:>8} {e.stream_id:<24} {move:<28} {line['reason'] or ''}", flush=True)
-        summary = {**follower.lag.to_dict(), "seeds": len(follower.seeds), "digest": follower.digest}
+                    where = f"{run:<16} " if every else ""
+                    print(f"{where}{e.position:>8} {e.stream_id:<24} {move:<28} {line['reason'] or ''}", flush=True)
+        if every:
+            assert isinstance(follower, RunsFollower)
+            summary = {**follower.lag.to_dict(), "runs": {run: {"seeds": len(ledger.seeds), "position": ledger.position,
+                                                               "digest": follower.digests[run]}
+                                                         for run, ledger in sorted(follower.ledgers.items())}}
+        else:
+            assert isinstance(follower, Follower)
+            summary = {"run": store.run, **follower.lag.to_dict(), "seeds": len(follower.seeds),
+                       "digest": follower.digest}
     printed = args.json
     if printed:
         print(json.dumps(summary), flush=True)
         args.json = False  # already printed
 
     def show(out: Any, data: dict[str, Any]) -> None:
+        if "runs" in data:
+            out.print(f"followed {data['applied']} events of {len(data['runs'])} runs; lag last {data['lag_last_ms']} "
+                      f"ms, max {data['lag_max_ms']} ms, mean {data['lag_mean_ms']} ms", markup=False,
+                      highlight=False, soft_wrap=True)
+            return
         out.print(f"followed {data['applied']} events to position {data['position']} (head {data['head']}); "
                   f"lag last {data['lag_last_ms']} ms, max {data['lag_max_ms']} ms, mean {data['lag_mean_ms']} ms; "
                   f"digest {data['digest'][:16]}", markup=False, highlight=False, soft_wrap=True)

@@ -49,3 +49,14 @@ def revision(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"expected head, base, a revision id or a relative step such as -1, got {text!r}")
     return text
+
+
+def run_name(text: str) -> str:
+    """A run name as :func:`kasmina.events.runs.check_name` accepts it."""
+    from kasmina.errors import KasminaError
+    from kasmina.events.runs import check_name
+
+    try:
+        return check_name(text)
+    except KasminaError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

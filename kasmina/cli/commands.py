@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from kasmina.errors import KasminaError, LogCorrupted, UnknownSeed
 from kasmina.events import EventStore, open_store, redact
+from kasmina.events.runs import resolve as resolve_run
 from kasmina.lifecycle import events as ev
 
 #: SQL keywords that may start a query passed to ``kasmina audit --query`` (read-only).
@@ -40,22 +41,32 @@ def db_current(url: str) -> dict[str, Any]:
             "up_to_date": found == SCHEMA_REVISION}
 
 
-def simulate(url: str, *, seeds: int, steps: int, rng: int,
+def db_grant(url: str, role: str, *, auditor: bool = False) -> dict[str, Any]:
+    from kasmina.events import roles
+
+    statements = roles.grant(url, role, auditor=auditor)
+    return {"database": redact(url), "role": role, "auditor": auditor, "statements": statements}
+
+
+def simulate(url: str, *, seeds: int, steps: int, rng: int, run: str | None = None,
              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    from kasmina.events import migrate, parse
-    from kasmina.simulate import run
+    from kasmina.events import migrate
+    from kasmina.simulate import run as simulate_run
 
     if seeds < 1 or steps < 1:
         raise KasminaError("--seeds and --steps must be at least 1")
-    parsed = parse(url)
-    if parsed.backend == "sqlite":
-        import os
-
-        if not os.path.exists(parsed.sqlite_path):
-            migrate.upgrade(url)  # a new log file for a new simulation; existing ones are never migrated here
-    with open_store(url) as store:
-        report = run(store, seeds=seeds, steps=steps, rng=rng, progress=progress)
-    return {"database": redact(url), **report.to_dict()}
+    # A new SQLite file is created and migrated; an existing log is never migrated here.
+    store = migrate.open_log(url, run=resolve_run(run), config={"simulate": {"seeds": seeds, "steps": steps,
+                                                                             "rng": rng}})
+    try:
+        report = simulate_run(store, seeds=seeds, steps=steps, rng=rng, progress=progress)
+        store.mark_run("finished")
+    except BaseException:
+        store.mark_run("crashed")
+        raise
+    finally:
+        store.close()
+    return {"database": redact(url), "run": store.run, **report.to_dict()}
 
 
 def _event_row(e: Any) -> dict[str, Any]:
@@ -76,8 +87,22 @@ def _contribution(inputs: Any) -> dict[str, Any]:
     return {k: inputs.get(k) for k in ("contribution", "loss_with", "loss_without", "contribution_threshold")}
 
 
-def history(url: str, seed_id: str) -> dict[str, Any]:
-    with open_store(url) as store:
+def _open(url: str, run: str | None) -> EventStore:
+    """The named run (else $KASMINA_RUN, else ``default``) of the log at ``url``."""
+    return open_store(url, run=resolve_run(run))
+
+
+def _each_run(url: str, run: str | None, all_runs: bool, one: Callable[[EventStore], dict[str, Any]]
+              ) -> dict[str, Any]:
+    """``one(store)`` for the named run, or with ``all_runs`` for every run, keyed by name."""
+    with _open(url, None if all_runs else run) as store:
+        if not all_runs:
+            return {"run": store.run, **one(store)}
+        return {"runs": {info.name: one(store.for_run(info.name)) for info in store.runs()}}
+
+
+def history(url: str, seed_id: str, run: str | None = None) -> dict[str, Any]:
+    with _open(url, run) as store:
         rows = [_event_row(e) for e in store.read(stream_id=seed_id)]
         refusals = [_event_row(e) for e in store.read(stream_id=ev.EXECUTOR_STREAM)
                     if e.data.get("seed_id") == seed_id]
@@ -85,32 +110,66 @@ def history(url: str, seed_id: str) -> dict[str, Any]:
             known = [s for s in store.streams() if s != ev.EXECUTOR_STREAM]
             hint = f" (seeds in this log: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''})" if known \
                 else " (the log has no seeds)"
-            raise UnknownSeed(f"no seed {seed_id!r} in {redact(url)}{hint}")
-    return {"seed_id": seed_id, "events": sorted(rows + refusals, key=lambda r: r["position"])}
+            where = redact(url) if store.run == "default" else f"run {store.run!r} of {redact(url)}"
+            raise UnknownSeed(f"no seed {seed_id!r} in {where}{hint}")
+    return {"run": store.run, "seed_id": seed_id, "events": sorted(rows + refusals, key=lambda r: r["position"])}
 
 
-def replay(url: str, to_position: int | None = None) -> dict[str, Any]:
+def replay(url: str, to_position: int | None = None, run: str | None = None,
+           all_runs: bool = False) -> dict[str, Any]:
     from kasmina.rebuild import decisions_digest
     from kasmina.rebuild import replay as do_replay
 
     if to_position is not None and to_position < 0:
         raise KasminaError(f"--to-position must be >= 0, got {to_position}")
-    with open_store(url) as store:
+
+    def one(store: EventStore) -> dict[str, Any]:
         result = do_replay(store, to_position=to_position)
         decided = decisions_digest(store, to_position=result.position)
-    return {"position": result.position, "digest": result.digest, "decisions_digest": decided,
-            "seeds": {sid: s.to_dict() for sid, s in sorted(result.seeds.items())}}
+        return {"position": result.position, "digest": result.digest, "decisions_digest": decided,
+                "seeds": {sid: s.to_dict() for sid, s in sorted(result.seeds.items())}}
+
+    return _each_run(url, run, all_runs, one)
 
 
-def verify(url: str) -> dict[str, Any]:
+def verify(url: str, run: str | None = None, all_runs: bool = False) -> dict[str, Any]:
     from kasmina.rebuild import verify as do_verify
 
-    with open_store(url) as store:
+    def one(store: EventStore) -> dict[str, Any]:
         try:
-            count = do_verify(store)
+            return {"ok": True, "events": do_verify(store)}
         except LogCorrupted as e:
             return {"ok": False, "position": e.position, "problem": e.problem}
-    return {"ok": True, "events": count}
+
+    found = _each_run(url, run, all_runs, one)
+    if all_runs:
+        found["ok"] = all(r["ok"] for r in found["runs"].values())
+    return found
+
+
+def runs(url: str) -> dict[str, Any]:
+    """Every run: status, steps, seeds by their current stage, culls, events, first and last time."""
+    with open_store(url) as store:
+        infos = store.runs()
+        stages: dict[str, dict[str, int]] = {}
+        for name, stage, count in _query(store, "SELECT run, stage, COUNT(*) FROM seed_current_stage "
+                                                "GROUP BY run, stage ORDER BY run, stage")[1]:
+            stages.setdefault(name, {})[stage] = int(count)
+        moves = {name: (int(culls or 0), steps) for name, culls, steps in _query(
+            store, "SELECT run, SUM(CASE WHEN to_stage = 'CULLED' THEN 1 ELSE 0 END), MAX(step) "
+                   "FROM seed_transitions GROUP BY run")[1]}
+        times = {name: (first, last) for name, first, last in _query(
+            store, "SELECT r.name, MIN(e.recorded_at), MAX(e.recorded_at) FROM kasmina_events e "
+                   "JOIN kasmina_runs r ON r.run_id = e.run_id GROUP BY r.name")[1]}
+    rows = []
+    for info in infos:
+        culls, steps = moves.get(info.name, (0, None))
+        first, last = times.get(info.name, (None, None))
+        rows.append({"name": info.name, "status": info.effective_status, "steps": steps,
+                     "seeds": stages.get(info.name, {}), "culls": culls, "events": info.last_position,
+                     "first": _plain(first), "last": _plain(last), "created_at": info.created_at.isoformat(),
+                     "host": info.host, "pid": info.pid, "owner": info.owner})
+    return {"database": redact(url), "runs": rows}
 
 
 def _query(store: EventStore, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
@@ -176,29 +235,37 @@ def _without_leading_comments(sql: str) -> str:
     return text
 
 
-def audit(url: str, query: str | None = None) -> dict[str, Any]:
-    """A summary from the shipped views, or the rows of a read-only SQL query."""
+def audit(url: str, query: str | None = None, run: str | None = None) -> dict[str, Any]:
+    """A summary from the shipped views (every run's, or the named run's), or the rows of a
+    read-only SQL query (which sees every run: the views have a ``run`` column)."""
     with open_store(url) as store:
         if query is not None:
             if not _without_leading_comments(query).lower().startswith(_READ_ONLY_STARTS):
                 raise KasminaError("audit --query runs read-only queries only (SELECT, WITH or EXPLAIN)")
             columns, rows = _query(store, query)
             return {"columns": columns, "rows": [list(map(_plain, r)) for r in rows]}
-        _, seeds = _query(store, "SELECT seed_id, stage, generation, since_step, since_position "
-                                 "FROM seed_current_stage ORDER BY seed_id")
+        if run is not None:
+            store.for_run(run)  # an unknown run is one line, not an empty summary
+        where, params = ("WHERE run = :run", {"run": run}) if run is not None else ("", {})
+        also = "AND run = :run" if run is not None else ""
+        _, seeds = _query(store, "SELECT run, seed_id, stage, generation, since_step, since_position "
+                                 f"FROM seed_current_stage {where} ORDER BY run, seed_id", params)
         _, culls = _query(store, "SELECT gate, reason, COUNT(*) FROM seed_transitions WHERE to_stage = 'CULLED' "
-                                 "GROUP BY gate, reason ORDER BY COUNT(*) DESC, reason")
-        _, refusals = _query(store, "SELECT reason, COUNT(*) FROM command_refusals GROUP BY reason "
-                                    "ORDER BY COUNT(*) DESC, reason")
-        _, contributions = _query(store, "SELECT seed_id, step, stage, to_stage, loss_with, loss_without, "
-                                         "contribution, threshold FROM seed_contributions ORDER BY position")
-        head, head_hash = store.head()
+                                 f"{also} GROUP BY gate, reason ORDER BY COUNT(*) DESC, reason", params)
+        _, refusals = _query(store, f"SELECT reason, COUNT(*) FROM command_refusals {where} GROUP BY reason "
+                                    "ORDER BY COUNT(*) DESC, reason", params)
+        _, contributions = _query(store, "SELECT run, seed_id, step, stage, to_stage, loss_with, loss_without, "
+                                         f"contribution, threshold FROM seed_contributions {where} "
+                                         "ORDER BY run, position", params)
+        infos = [i for i in store.runs() if run is None or i.name == run]
     return {
-        "database": redact(url), "events": head, "head_hash": head_hash,
-        "seeds": [dict(zip(("seed_id", "stage", "generation", "since_step", "since_position"), r)) for r in seeds],
+        "database": redact(url), "run": run, "runs": len(infos), "events": sum(i.last_position for i in infos),
+        "head_hash": infos[0].last_hash if len(infos) == 1 else None,
+        "seeds": [dict(zip(("run", "seed_id", "stage", "generation", "since_step", "since_position"), r))
+                  for r in seeds],
         "culls": [{"gate": g, "reason": r, "count": n} for g, r, n in culls],
         "refusals": [{"reason": r, "count": n} for r, n in refusals],
-        "contributions": [dict(zip(("seed_id", "step", "stage", "to_stage", "loss_with", "loss_without",
+        "contributions": [dict(zip(("run", "seed_id", "step", "stage", "to_stage", "loss_with", "loss_without",
                                     "contribution", "threshold"), map(_plain, r))) for r in contributions],
     }
 

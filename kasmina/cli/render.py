@@ -46,10 +46,26 @@ def history(out: Console, data: dict[str, Any]) -> None:
     out.print(_table(f"history of {data['seed_id']}", columns, rows))
 
 
-def replay(out: Console, data: dict[str, Any]) -> None:
+def _per_run(show: Any) -> Any:
+    """A renderer of one run's result that also renders ``--all-runs`` (a result per run)."""
+    def render(out: Console, data: dict[str, Any]) -> None:
+        if "runs" not in data:
+            show(out, data, None if data.get("run") == "default" else data.get("run"))
+            return
+        for name, one in data["runs"].items():
+            show(out, one, name)
+    return render
+
+
+def _of(run: str | None) -> str:
+    return "" if run is None else f"run {run}: "
+
+
+@_per_run
+def replay(out: Console, data: dict[str, Any], run: str | None = None) -> None:
     rows = [[sid, s["stage"], s["generation"], s["blueprint_id"], (s["blend"] or {}).get("mode"),
              s["stage_entered_step"], s["version"]] for sid, s in data["seeds"].items()]
-    out.print(_table(f"seeds at position {data['position']}",
+    out.print(_table(f"{_of(run)}seeds at position {data['position']}",
                      ["seed", "stage", "gen", "blueprint", "blend", "since step", "version"], rows))
     out.print(f"digest {data['digest']}")
     out.print(f"decisions digest {data['decisions_digest']} (stages, steps and reasons only: equal for runs "
@@ -60,18 +76,20 @@ def audit(out: Console, data: dict[str, Any]) -> None:
     if "columns" in data:
         out.print(_table("query", data["columns"], data["rows"]))
         return
-    out.print(f"{data['database']}: {data['events']} events, head {data['head_hash'][:16]}…")
-    out.print(_table("seeds", ["seed", "stage", "generation", "since step", "since position"],
+    head = f", head {data['head_hash'][:16]}…" if data["head_hash"] else ""
+    scope = f"run {data['run']}" if data["run"] else f"{data['runs']} run{'s' if data['runs'] != 1 else ''}"
+    out.print(f"{data['database']} ({scope}): {data['events']} events{head}")
+    out.print(_table("seeds", ["run", "seed", "stage", "generation", "since step", "since position"],
                      [list(s.values()) for s in data["seeds"]]))
     if data["culls"]:
         out.print(_table("culls", ["gate", "reason", "count"], [list(c.values()) for c in data["culls"]]))
     if data["refusals"]:
         out.print(_table("refused commands", ["reason", "count"], [list(r.values()) for r in data["refusals"]]))
     if data["contributions"]:
-        rows = [[c["seed_id"], c["step"], f"{c['stage']} -> {c['to_stage'] or '?'}", _contribution(c),
+        rows = [[c["run"], c["seed_id"], c["step"], f"{c['stage']} -> {c['to_stage'] or '?'}", _contribution(c),
                  "-" if c["threshold"] is None else f"{c['threshold']:.2%}"] for c in data["contributions"]]
         out.print(_table("contributions (the counterfactual: probe loss without the seed -> with it)",
-                         ["seed", "step", "transition", "contribution", "required"], rows))
+                         ["run", "seed", "step", "transition", "contribution", "required"], rows))
 
 
 def simulate(out: Console, data: dict[str, Any]) -> None:
@@ -85,11 +103,21 @@ def simulate(out: Console, data: dict[str, Any]) -> None:
     out.print("final stages: " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items())))
 
 
-def verify(out: Console, data: dict[str, Any]) -> None:
+@_per_run
+def verify(out: Console, data: dict[str, Any], run: str | None = None) -> None:
     if data["ok"]:
-        out.print(f"ok ({data['events']} events, hash chain and replay verified)")
+        out.print(f"{_of(run)}ok ({data['events']} events, hash chain and replay verified)")
     else:
-        out.print(f"FAILED at position {data['position']}: {data['problem']}")
+        out.print(f"{_of(run)}FAILED at position {data['position']}: {data['problem']}")
+
+
+def runs(out: Console, data: dict[str, Any]) -> None:
+    rows = [[r["name"], r["status"], r["steps"], ", ".join(f"{k} {v}" for k, v in sorted(r["seeds"].items())),
+             r["culls"], r["events"], (r["first"] or "")[:19], (r["last"] or "")[:19],
+             f"{r['host'] or ''}:{r['pid'] or ''}"] for r in data["runs"]]
+    out.print(_table(f"runs in {data['database']}",
+                     ["run", "status", "steps", "seeds by stage", "culls", "events", "first", "last", "process"],
+                     rows))
 
 
 def db(out: Console, data: dict[str, Any]) -> None:

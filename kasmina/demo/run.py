@@ -35,7 +35,8 @@ import torch
 from kasmina.demo.contenders import NAMES as CONTENDERS
 from kasmina.demo.task import DemoTask, evaluating
 from kasmina.errors import KasminaError
-from kasmina.events import EventStore, migrate, parse
+from kasmina.events import DEFAULT_RUN, EventStore, migrate, parse
+from kasmina.events.runs import resolve as resolve_run
 from kasmina.events.urls import redact
 from kasmina.lifecycle import events as ev
 
@@ -76,6 +77,7 @@ class DemoOptions:
     checkpoints: str | None = None  # default: next to the SQLite file, else ./kasmina-checkpoints
     plot: str | None = None
     resume: bool = False
+    run: str | None = None  # the run in the log (default: $KASMINA_RUN, else "default")
 
     def resolved(self, task: DemoTask) -> DemoOptions:
         """These options with the task's defaults where none was given."""
@@ -125,12 +127,16 @@ def _checkpoint_dir(options: DemoOptions) -> Path:
     if options.checkpoints:
         return Path(options.checkpoints)
     parsed = parse(options.db)
+    run = resolve_run(options.run)
     if parsed.backend == "sqlite":
-        return Path(parsed.sqlite_path).with_name(Path(parsed.sqlite_path).name + ".checkpoints")
-    # One folder per database, so two runs on two logs never share one.
-    url = parsed.url
-    where = f"{url.host or 'local'}-{url.port or 5432}-{url.database or 'db'}" if url is not None else "memory"
-    return Path("kasmina-checkpoints") / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in where)
+        folder = Path(parsed.sqlite_path).with_name(Path(parsed.sqlite_path).name + ".checkpoints")
+    else:
+        # One folder per database, so two runs on two logs never share one.
+        url = parsed.url
+        where = f"{url.host or 'local'}-{url.port or 5432}-{url.database or 'db'}" if url is not None else "memory"
+        folder = Path("kasmina-checkpoints") / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in where)
+    # ...and one per run in it (run names are path-safe: kasmina.events.runs.check_name).
+    return folder if run == DEFAULT_RUN else folder / run
 
 
 def _flag(key: str) -> str:
@@ -291,7 +297,7 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
         raise KasminaError("--device cuda: no CUDA device is available (use --device cpu)")
     if options.plot is not None:
         plot.check_target(options.plot)
-    store = migrate.open_log(options.db)
+    store = migrate.open_log(options.db, run=resolve_run(options.run), config=options.recorded())
     try:
         options = _check_log(store, options, frozenset(f.name for f in fields(DemoOptions)) if given is None
                              else given)
@@ -389,7 +395,14 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
             report.plot = str(plot.write(options.plot, store, task.sites, loop.history, offset=int(options.host_steps),
                                          label=task.metric.label))
         report.seconds = round(time.perf_counter() - started_at, 2)
+        store.mark_run("finished")
         return report
+    except BaseException:
+        try:
+            store.mark_run("crashed")
+        except KasminaError:
+            pass  # the log is away: the run stays "running", and reads as crashed once this process is gone
+        raise
     finally:
         store.close()
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from contextlib import closing
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from kasmina.errors import SchemaMismatch
 from kasmina.events import schema
+from kasmina.events.schema import DEFAULT_RUN
 from kasmina.events.urls import parse, redact
 
 if TYPE_CHECKING:
@@ -76,8 +77,10 @@ def upgrade(url: str, revision: str = "head") -> None:
     _run(url, "upgrade", revision, create=True)
 
 
-def open_log(url: str) -> EventStore:
-    """Open a run's log, creating it first when it is brand new.
+def open_log(url: str, *, run: str = DEFAULT_RUN, config: Mapping[str, Any] | None = None) -> EventStore:
+    """Open run ``run`` of a log for writing, creating the log first when it is brand new,
+    and the run when the log does not hold it yet; the run is marked ``running`` by this
+    process (with ``config`` if it has none yet).
 
     Brand new is a SQLite file that does not exist yet, or one that holds no table at all
     (a process killed while creating it leaves exactly that: the schema is created in one
@@ -89,7 +92,13 @@ def open_log(url: str) -> EventStore:
     parsed = parse(url)
     if parsed.backend == "sqlite" and _brand_new(parsed.sqlite_path):
         upgrade(url)
-    return open_store(url)
+    store = open_store(url, run=run, create_run=True)
+    try:
+        store.mark_run("running", config=config)
+    except Exception:
+        store.close()
+        raise
+    return store
 
 
 def _brand_new(path: str) -> bool:

@@ -13,14 +13,17 @@ import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Generator, Iterator, Sequence
+from typing import Any, Generator, Iterator, Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, func, inspect, select, text, update
+from sqlalchemy import Connection, DateTime, Engine, bindparam, func, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
 
 from kasmina.errors import IntegrityViolation, SchemaMismatch, StaleVersion, StoreError, StoreUnavailable
+from kasmina.events import runs as _runs
 from kasmina.events import schema
-from kasmina.events.hashing import GENESIS, event_hash, timestamp_text
+from kasmina.events.hashing import event_hash, timestamp_text
+from kasmina.events.runs import FEED_START, FeedEvent, FeedPosition, RunInfo
+from kasmina.events.schema import DEFAULT_RUN
 from kasmina.events.upcasting import CURRENT_SCHEMA
 from kasmina.events.store import AppendResult, EventStore, PendingAppend, RecordedEvent, Snapshot
 from kasmina.events.urls import redact
@@ -32,30 +35,53 @@ READ_CHUNK = 5000
 
 
 class _Statements:
-    """The few statements on the hot paths, written once per dialect.
+    """The few statements on the hot paths, written once per dialect, for one run.
 
-    Postgres serialises appends with a transaction-scoped advisory lock; SQLite takes its
-    database write lock with ``BEGIN IMMEDIATE``. Either way the last event, read after the
-    lock, is the head: positions and the hash chain continue from it. Timestamps are native on Postgres and SQLAlchemy's
-    SQLite text form (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC) on SQLite.
+    Postgres serialises a run's appends with a transaction-scoped advisory lock keyed by the
+    run (other runs' appends do not wait); SQLite takes its database write lock with
+    ``BEGIN IMMEDIATE``. Either way the run's last event, read after the lock, is its head:
+    positions and the hash chain continue from it. ``tx`` (the order across runs) is the
+    writing transaction's id on Postgres (a column default) and one more than the largest
+    on SQLite, which has one writer at a time. Timestamps are native on Postgres and
+    SQLAlchemy's SQLite text form (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC) on SQLite.
     """
 
-    _COLUMNS = ("position, stream_id, version, event_type, schema_version, command_id, recorded_at, "
+    _COLUMNS = ("run_id, position, stream_id, version, event_type, schema_version, command_id, recorded_at, "
                 "payload, prev_hash, hash")
+    _SELECT = "position, stream_id, version, event_type, payload, schema_version, command_id, recorded_at, hash, prev_hash"
 
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, run_id: int) -> None:
         self.postgres = dialect == "postgresql"
         self.native_datetime = self.postgres
         p = "%s" if self.postgres else "?"
         self.p = p
-        self.begin = f"SELECT pg_advisory_xact_lock({schema.APPEND_LOCK_KEY})" if self.postgres else "BEGIN IMMEDIATE"
-        self.head = "SELECT position, hash FROM kasmina_events ORDER BY position DESC LIMIT 1"
-        self.version = f"SELECT MAX(version) FROM kasmina_events WHERE stream_id = {p}"
-        self.command = (f"SELECT position, stream_id, version FROM kasmina_events WHERE command_id = {p} "
+        self.run_id = run_id
+        run = f"run_id = {run_id}"  # an int from the database: safe to inline, and one parameter fewer
+        self.begin = (f"SELECT pg_advisory_xact_lock({schema.RUN_LOCK_CLASS}, {run_id})" if self.postgres
+                      else "BEGIN IMMEDIATE")
+        self.head = f"SELECT position, hash FROM kasmina_events WHERE {run} ORDER BY position DESC LIMIT 1"
+        self.version = f"SELECT MAX(version) FROM kasmina_events WHERE {run} AND stream_id = {p}"
+        self.command = (f"SELECT position, stream_id, version FROM kasmina_events WHERE {run} AND command_id = {p} "
                         "ORDER BY position")
-        self.insert = f"INSERT INTO kasmina_events ({self._COLUMNS}) VALUES ({', '.join([p] * 10)})"
-        self._read = (f"SELECT position, stream_id, version, event_type, payload, schema_version, command_id, "
-                      f"recorded_at, hash, prev_hash FROM kasmina_events WHERE position > {p}")
+        if self.postgres:
+            self.next_tx = None
+            self.insert = f"INSERT INTO kasmina_events ({self._COLUMNS}) VALUES ({', '.join([p] * 11)})"
+        else:
+            self.next_tx = "SELECT COALESCE(MAX(tx), 0) + 1 FROM kasmina_events"
+            self.insert = f"INSERT INTO kasmina_events ({self._COLUMNS}, tx) VALUES ({', '.join([p] * 12)})"
+        self.mark_head = (f"UPDATE kasmina_runs SET last_position = {p}, last_hash = {p}, updated_at = {p} "
+                          f"WHERE {run}")
+        self._read = f"SELECT {self._SELECT} FROM kasmina_events WHERE {run} AND position > {p}"
+        # Across runs. On Postgres only rows below the snapshot's xmin: every transaction
+        # with a smaller id has ended, so no row can still commit before the cursor.
+        fence = " AND e.tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint" if self.postgres else ""
+        columns = ", ".join(f"e.{c.strip()}" for c in self._SELECT.split(","))
+        self.feed = (f"SELECT e.tx, e.run_id, r.name, {columns} FROM kasmina_events e "
+                     f"JOIN kasmina_runs r ON r.run_id = e.run_id "
+                     f"WHERE (e.tx, e.run_id, e.position) > ({p}, {p}, {p}){fence} "
+                     "ORDER BY e.tx, e.run_id, e.position")
+        self.feed_head = (f"SELECT e.tx, e.run_id, e.position FROM kasmina_events e WHERE 1 = 1{fence} "
+                          "ORDER BY e.tx DESC, e.run_id DESC, e.position DESC LIMIT 1")
 
     def read(self, *, stream_id: str | None, after: int, upto: int | None,
              after_version: int) -> tuple[str, tuple[Any, ...]]:
@@ -100,19 +126,103 @@ def _utc(moment: datetime) -> datetime:
 
 
 class SQLEventStore(EventStore):
-    """Event store over an SQLAlchemy engine whose schema was made by ``kasmina db upgrade``."""
+    """Event store over an SQLAlchemy engine whose schema was made by ``kasmina db upgrade``.
+
+    Bound to one run, resolved (and, with ``create_run``, created) on first use; until then
+    the handle can open a database that has no schema yet, which ``kasmina db upgrade`` needs.
+    """
 
     dialect_label = "sql"
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, *, run: str = DEFAULT_RUN, create_run: bool = False,
+                 owns_engine: bool = True) -> None:
         self.engine = engine
         self.url = url
-        self._sql = _Statements(engine.dialect.name)
+        self.run = _runs.check_name(run)
+        self._create_run = create_run
+        self._owns_engine = owns_engine
+        self._bound: _Statements | None = None
+        self._genesis = _runs.genesis(run)
         self._writer: Any = None
         self._lock = threading.Lock()
         #: Versions of streams this store appended to, valid while the head is _last_written.
         self._versions: dict[str, int] = {}
         self._last_written = -1
+
+    @property
+    def _sql(self) -> _Statements:
+        if self._bound is None:
+            self._bound = _Statements(self.engine.dialect.name, self._resolve_run())
+        return self._bound
+
+    @property
+    def run_id(self) -> int:
+        return self._sql.run_id
+
+    def _resolve_run(self) -> int:
+        r = schema.runs
+        with self._errors("open run"), self.engine.connect().execution_options(kasmina_write=self._create_run) as conn:
+            with conn.begin():
+                if self._create_run:
+                    now = datetime.now(timezone.utc)
+                    host, pid = _runs.this_process()
+                    conn.execute(text(
+                        "INSERT INTO kasmina_runs (name, created_at, updated_at, status, host, pid, last_position, "
+                        "last_hash) VALUES (:name, :now, :now, 'running', :host, :pid, 0, :genesis) "
+                        "ON CONFLICT (name) DO NOTHING").bindparams(bindparam("now", type_=DateTime(timezone=True))),
+                        {"name": self.run, "now": now, "host": host, "pid": pid, "genesis": self._genesis})
+                found = conn.execute(select(r.c.run_id).where(r.c.name == self.run)).scalar()
+        if found is not None:
+            return int(found)
+        where = redact(self.url)
+        if self._create_run:
+            raise _runs.UnknownRun(f"run {self.run!r} exists in {where} but belongs to another database role")
+        names = [info.name for info in self.runs()]
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        raise _runs.UnknownRun(f"no run {self.run!r} in {where}; its runs: {shown or 'none'}")
+
+    # -- runs ---------------------------------------------------------------------------
+    def for_run(self, name: str, *, create: bool = False) -> EventStore:
+        handle = type(self)(self.engine, self.url, run=name, create_run=create, owns_engine=False)
+        handle._sql  # resolve now: an unknown run is refused here, not at first use
+        return handle
+
+    def runs(self) -> list[RunInfo]:
+        r = schema.runs
+        stmt = select(r.c.run_id, r.c.name, r.c.status, r.c.created_at, r.c.updated_at, r.c.host, r.c.pid,
+                      r.c.config, r.c.owner, r.c.last_position, r.c.last_hash).order_by(r.c.run_id)
+        with self._read("list runs") as conn:
+            rows = conn.execute(stmt).all()
+        return [RunInfo(int(row[0]), row[1], row[2], _utc(row[3]), _utc(row[4]), row[5], row[6], row[7], row[8],
+                        int(row[9]), row[10]) for row in rows]
+
+    def mark_run(self, status: str, *, config: Mapping[str, Any] | None = None) -> None:
+        r = schema.runs
+        host, pid = _runs.this_process()
+        values: dict[str, Any] = {"status": _runs.check_status(status), "host": host, "pid": pid,
+                                  "updated_at": datetime.now(timezone.utc)}
+        run_id = self.run_id
+        with self._errors("mark run"), self.engine.connect().execution_options(kasmina_write=True) as conn:
+            with conn.begin():
+                if config is not None and conn.execute(
+                        select(r.c.config).where(r.c.run_id == run_id)).scalar() is None:
+                    values["config"] = json.loads(canonical_json(config))
+                conn.execute(update(r).where(r.c.run_id == run_id).values(**values))
+
+    def read_all(self, *, after: FeedPosition = FEED_START, limit: int | None = None,
+                 raw: bool = False) -> Generator[FeedEvent, None, None]:
+        sql = self._sql.feed + ("" if limit is None else f" LIMIT {int(limit)}")
+        decode = self._sql.decode
+        for row in self._stream(sql, tuple(after)):
+            record = decode(row[3:])
+            if not raw and record.schema_version != CURRENT_SCHEMA:
+                record = record.upcast()
+            yield FeedEvent(FeedPosition(int(row[0]), int(row[1]), record.position), row[2], record)
+
+    def feed_head(self) -> FeedPosition:
+        with self._read("feed head") as conn:
+            row = conn.exec_driver_sql(self._sql.feed_head).first()
+        return FEED_START if row is None else FeedPosition(int(row[0]), int(row[1]), int(row[2]))
 
     # -- the one error seam -------------------------------------------------------------
     @contextmanager
@@ -194,15 +304,21 @@ class SQLEventStore(EventStore):
         now = datetime.now(timezone.utc)
         stamp = now if self._sql.native_datetime else now.replace(tzinfo=None).isoformat(sep=" ")
         hashed_time = timestamp_text(now)
+        sql = self._sql
+        run_id = sql.run_id
         with self._lock, self._errors("append"):
             raw = self._writer_connection()
             cursor = None
             try:
                 cursor = raw.cursor()
-                if self._sql.begin:
-                    cursor.execute(self._sql.begin)
-                cursor.execute(self._sql.head)
-                position, last_hash = cursor.fetchone() or (0, GENESIS)
+                cursor.execute(sql.begin)
+                cursor.execute(sql.head)
+                position, last_hash = cursor.fetchone() or (0, self._genesis)
+                if sql.next_tx is not None:
+                    cursor.execute(sql.next_tx)
+                    tail: tuple[Any, ...] = (cursor.fetchone()[0],)
+                else:
+                    tail = ()
                 # Stream versions this store wrote itself are still right if nobody else
                 # appended since (the head is where we left it): skip asking the database.
                 known = self._versions if position == self._last_written else {}
@@ -218,7 +334,7 @@ class SQLEventStore(EventStore):
                             continue
                     version = versions.get(batch.stream_id, known.get(batch.stream_id))
                     if version is None:
-                        cursor.execute(self._sql.version, (batch.stream_id,))
+                        cursor.execute(sql.version, (batch.stream_id,))
                         version = int(cursor.fetchone()[0] or 0)
                     if batch.expected_version is not None and batch.expected_version != version:
                         raise StaleVersion(batch.stream_id, batch.expected_version, version)
@@ -235,8 +351,8 @@ class SQLEventStore(EventStore):
                             event_type=event.type, schema_version=event.schema_version,
                             command_id=batch.command_id, timestamp=hashed_time, payload_text=text_,
                         )
-                        rows.append((position, batch.stream_id, version, event.type, event.schema_version,
-                                     batch.command_id, stamp, text_, last_hash, new_hash))
+                        rows.append((run_id, position, batch.stream_id, version, event.type, event.schema_version,
+                                     batch.command_id, stamp, text_, last_hash, new_hash) + tail)
                         recorded.append(RecordedEvent(position, batch.stream_id, version, event.type,
                                                       event.data, event.schema_version, batch.command_id,
                                                       now, new_hash, last_hash))
@@ -249,9 +365,10 @@ class SQLEventStore(EventStore):
                     results.append(result)
                 if rows:
                     if len(rows) == 1:
-                        cursor.execute(self._sql.insert, rows[0])
+                        cursor.execute(sql.insert, rows[0])
                     else:
-                        cursor.executemany(self._sql.insert, rows)
+                        cursor.executemany(sql.insert, rows)
+                    cursor.execute(sql.mark_head, (position, last_hash, stamp))
                 raw.commit()
                 if known is not self._versions:
                     self._versions = {}
@@ -282,14 +399,16 @@ class SQLEventStore(EventStore):
         return AppendResult(rows[-1][1], tuple(r[0] for r in rows), rows[-1][2], duplicate=True)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
+        sn = schema.snapshots
+        run_id = self.run_id
         with self._errors("snapshot"), self.engine.begin() as conn:
-            exists = conn.execute(select(schema.snapshots.c.version).where(
-                (schema.snapshots.c.stream_id == snapshot.stream_id)
-                & (schema.snapshots.c.version == snapshot.version))).first()
+            exists = conn.execute(select(sn.c.version).where(
+                (sn.c.run_id == run_id) & (sn.c.stream_id == snapshot.stream_id)
+                & (sn.c.version == snapshot.version))).first()
             if exists is None:
-                conn.execute(schema.snapshots.insert().values(
-                    stream_id=snapshot.stream_id, version=snapshot.version, position=snapshot.position,
-                    state_schema=snapshot.state_schema, state=dict(snapshot.state),
+                conn.execute(sn.insert().values(
+                    run_id=run_id, stream_id=snapshot.stream_id, version=snapshot.version,
+                    position=snapshot.position, state_schema=snapshot.state_schema, state=dict(snapshot.state),
                     created_at=datetime.now(timezone.utc)))
 
     # -- reads --------------------------------------------------------------------------
@@ -299,6 +418,12 @@ class SQLEventStore(EventStore):
         sql, params = self._sql.read(stream_id=stream_id, after=after, upto=upto, after_version=after_version)
         decode = self._sql.decode
         current = CURRENT_SCHEMA
+        for row in self._stream(sql, params):
+            record = decode(row)
+            yield record if raw or record.schema_version == current else record.upcast()
+
+    def _stream(self, sql: str, params: tuple[Any, ...]) -> Generator[Any, None, None]:
+        """Rows of one query, a chunk per round trip, on a connection of their own."""
         with self._errors("read"):
             connection = self.engine.raw_connection()
         try:
@@ -310,36 +435,50 @@ class SQLEventStore(EventStore):
                     rows = cursor.fetchmany(READ_CHUNK)
                 if not rows:
                     break
-                for row in rows:
-                    record = decode(row)
-                    yield record if raw or record.schema_version == current else record.upcast()
+                yield from rows
         finally:
             try:
                 connection.rollback()
             finally:
                 connection.close()
 
+    def _mine(self) -> Any:
+        return _E.c.run_id == self.run_id
+
     def head(self) -> tuple[int, str]:
+        mine = self._mine()
         with self._read() as conn:
-            row = conn.execute(select(_E.c.position, _E.c.hash).order_by(_E.c.position.desc()).limit(1)).first()
-        return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+            row = conn.execute(select(_E.c.position, _E.c.hash).where(mine)
+                               .order_by(_E.c.position.desc()).limit(1)).first()
+        return (0, self._genesis) if row is None else (int(row[0]), str(row[1]))
+
+    def run_head(self) -> tuple[int, str]:
+        """The head ``kasmina_runs`` recorded at the run's last append (``verify`` compares it)."""
+        r = schema.runs
+        with self._read() as conn:
+            row = conn.execute(select(r.c.last_position, r.c.last_hash).where(r.c.run_id == self.run_id)).one()
+        return int(row[0]), str(row[1])
 
     def stream_version(self, stream_id: str) -> int:
+        mine = self._mine()
         with self._read() as conn:
-            found = conn.execute(select(func.max(_E.c.version)).where(_E.c.stream_id == stream_id)).scalar()
+            found = conn.execute(select(func.max(_E.c.version)).where(mine & (_E.c.stream_id == stream_id))).scalar()
         return int(found or 0)
 
     def streams(self) -> list[str]:
+        mine = self._mine()
         with self._read() as conn:
-            return list(conn.execute(select(_E.c.stream_id).distinct().order_by(_E.c.stream_id)).scalars())
+            return list(conn.execute(select(_E.c.stream_id).where(mine).distinct().order_by(_E.c.stream_id))
+                        .scalars())
 
     def find_command(self, command_id: str) -> tuple[int, ...]:
+        mine = self._mine()
         with self._read() as conn:
-            return tuple(conn.execute(select(_E.c.position).where(_E.c.command_id == command_id)
+            return tuple(conn.execute(select(_E.c.position).where(mine & (_E.c.command_id == command_id))
                                       .order_by(_E.c.position)).scalars())
 
     def command_ids_since(self, since: datetime) -> set[str]:
-        """Walks the log backwards from the head (no timestamp index to maintain on append).
+        """Walks the run backwards from its head (no timestamp index to maintain on append).
 
         Concurrent writers may commit slightly out of timestamp order, so the walk goes on
         a minute past ``since`` before it stops.
@@ -347,7 +486,7 @@ class SQLEventStore(EventStore):
         since = _utc(since)
         stop = since - _REORDER_MARGIN
         found: set[str] = set()
-        stmt = select(_E.c.command_id, _E.c.recorded_at).order_by(_E.c.position.desc())
+        stmt = select(_E.c.command_id, _E.c.recorded_at).where(self._mine()).order_by(_E.c.position.desc())
         with self._read("nonce rebuild") as conn:
             for command_id, at in conn.execution_options(stream_results=True, yield_per=1000).execute(stmt):
                 at = _utc(datetime.fromisoformat(at) if isinstance(at, str) else at)
@@ -360,7 +499,8 @@ class SQLEventStore(EventStore):
     def latest_snapshot(self, stream_id: str, *, state_schema: int, upto: int | None = None) -> Snapshot | None:
         s = schema.snapshots
         stmt = (select(s.c.stream_id, s.c.version, s.c.position, s.c.state_schema, s.c.state)
-                .where((s.c.stream_id == stream_id) & (s.c.state_schema == state_schema))
+                .where((s.c.run_id == self.run_id) & (s.c.stream_id == stream_id)
+                       & (s.c.state_schema == state_schema))
                 .order_by(s.c.version.desc()).limit(1))
         if upto is not None:
             stmt = stmt.where(s.c.position <= upto)
@@ -373,7 +513,8 @@ class SQLEventStore(EventStore):
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-        self.engine.dispose()
+        if self._owns_engine:
+            self.engine.dispose()
 
 
 def check_revision(found: str | None, where: str) -> None:

@@ -4,15 +4,22 @@ Modelled on eventsourcing's recorders: one abstract contract here, one module pe
 (``memory``, ``sqlite``, ``postgres``) holding only what differs, and one shared test suite
 (``tests/test_store.py``) run against all of them.
 
-Guarantees every backend gives:
+A store handle is bound to one run (:attr:`EventStore.run`, ``default`` unless named):
+every call below reads and writes that run only, so a ledger, a follower, a checkpoint or
+a nonce cache over the handle sees one training job. :meth:`EventStore.for_run` gives a
+handle on another run over the same connections; :meth:`EventStore.read_all` reads every
+run in one total order.
 
-* positions are global, gap-free and strictly increasing, in commit order;
+Guarantees every backend gives, per run:
+
+* positions are gap-free and strictly increasing, in commit order;
 * ``(stream_id, version)`` is unique; an append with a stale ``expected_version`` raises
   :class:`~kasmina.errors.StaleVersion` and writes nothing;
 * an append carrying a ``command_id`` already in the log writes nothing and returns the
   original positions (``duplicate=True``): handling a command twice is a no-op;
 * one public call is one transaction: a batch is written whole or not at all;
-* each event carries a SHA-256 chained to the one before it.
+* each event carries a SHA-256 chained to the one before it in its run;
+* appends to different runs do not wait for each other's commits.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generator, Mapping, NamedTuple, Sequence
 
+from kasmina.events.runs import FEED_START, FeedEvent, FeedPosition, RunInfo
+from kasmina.events.schema import DEFAULT_RUN
 from kasmina.events.upcasting import CURRENT_SCHEMA, upcast
 
 #: A snapshot is taken every this many events of one stream.
@@ -88,9 +97,11 @@ class Snapshot:
 
 
 class EventStore(ABC):
-    """An append-only, hash-chained log of events in per-seed streams."""
+    """An append-only, hash-chained log of events in per-seed streams, for one run."""
 
     url: str = ""
+    #: The run this handle reads and writes.
+    run: str = DEFAULT_RUN
 
     def append(
         self,
@@ -148,6 +159,39 @@ class EventStore(ABC):
         self, stream_id: str, *, state_schema: int, upto: int | None = None
     ) -> Snapshot | None:
         """The newest snapshot of a stream at or before position ``upto``."""
+
+    # -- runs -------------------------------------------------------------------------
+    @abstractmethod
+    def for_run(self, name: str, *, create: bool = False) -> EventStore:
+        """A handle on run ``name`` sharing this one's connections (closing it closes nothing).
+
+        Raises :class:`~kasmina.events.runs.UnknownRun` if the run does not exist, unless
+        ``create``: then it is created, owned by the caller's database role.
+        """
+
+    @abstractmethod
+    def runs(self) -> list[RunInfo]:
+        """Every run this handle may see, by creation order."""
+
+    @abstractmethod
+    def mark_run(self, status: str, *, config: Mapping[str, Any] | None = None) -> None:
+        """Record this run's status, with this host and process (``running`` when a job opens
+        it, ``finished`` or ``crashed`` when it stops); ``config`` is kept if none was yet."""
+
+    @abstractmethod
+    def read_all(self, *, after: FeedPosition = FEED_START, limit: int | None = None,
+                 raw: bool = False) -> Generator[FeedEvent, None, None]:
+        """Every run's events in one total order, from just after ``after``.
+
+        The order is ``(tx, run, position)``; within a run it is position order. An event
+        is only given once every event before it in this order has committed, so a reader
+        that resumes from the last :class:`~kasmina.events.runs.FeedPosition` it saw never
+        misses one (how each backend keeps that promise: docs/postgres.md).
+        """
+
+    @abstractmethod
+    def feed_head(self) -> FeedPosition:
+        """Where :meth:`read_all` stands now: the last event it would give (``FEED_START`` if none)."""
 
     def close(self) -> None:
         """Release connections."""

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from contextlib import closing
 from datetime import datetime
-from typing import Generator, Sequence
+from typing import Any, Generator, Mapping, Sequence
 
 from kasmina.errors import KasminaError
-from kasmina.events.hashing import GENESIS
+from kasmina.events.runs import FEED_START, FeedEvent, FeedPosition, RunInfo, genesis
 from kasmina.events.store import AppendResult, EventStore, PendingAppend, RecordedEvent, Snapshot
 from kasmina.lifecycle.state import STATE_SCHEMA
 
@@ -51,6 +51,10 @@ class LogView(EventStore):
     @property
     def url(self) -> str:  # type: ignore[override]
         return self.store.url
+
+    @property
+    def run(self) -> str:  # type: ignore[override]
+        return self.store.run
 
     @property
     def limit(self) -> int | None:
@@ -87,6 +91,23 @@ class LogView(EventStore):
         if self._limit is None:
             self.store.save_snapshot(snapshot)
 
+    # -- runs: not clipped (the view is of one run's positions) ---------------------------
+    def for_run(self, name: str, *, create: bool = False) -> EventStore:
+        return self.store.for_run(name, create=create)
+
+    def runs(self) -> list[RunInfo]:
+        return self.store.runs()
+
+    def mark_run(self, status: str, *, config: Mapping[str, Any] | None = None) -> None:
+        self.store.mark_run(status, config=config)
+
+    def read_all(self, *, after: FeedPosition = FEED_START, limit: int | None = None,
+                 raw: bool = False) -> Generator[FeedEvent, None, None]:
+        return self.store.read_all(after=after, limit=limit, raw=raw)
+
+    def feed_head(self) -> FeedPosition:
+        return self.store.feed_head()
+
     # -- reads ----------------------------------------------------------------------------
     def read(self, *, stream_id: str | None = None, after: int = 0, upto: int | None = None,
              after_version: int = 0, raw: bool = False) -> Generator[RecordedEvent, None, None]:
@@ -99,7 +120,7 @@ class LogView(EventStore):
         if limit is None or head[0] <= limit:
             return head
         if limit == 0:
-            return 0, GENESIS
+            return 0, genesis(self.store.run)
         with closing(self.store.read(after=limit - 1, upto=limit, raw=True)) as events:
             event = next(events)
         return event.position, event.hash

@@ -40,6 +40,7 @@ from kasmina.executor import optim
 from kasmina.executor.counterfactual import Counterfactual, LossFn, ProbeFn
 from kasmina.executor.isolation import IsolationMonitor, shared_parameters
 from kasmina.executor.measure import MetricPolicy, SiteRuntime, measure
+from kasmina.executor.runlog import RunLog
 from kasmina.executor.site import STATS_EVERY, SeedSite, SiteMode, inject, module_placement
 from kasmina.kernels.blend import BlenderConfig, BlendMode
 from kasmina.lifecycle.schedule import AlphaSchedule
@@ -139,6 +140,8 @@ class Executor:
         contribution_threshold: float = 0.01,
         causal: bool | None = None,
         scheduler: Any = None,
+        run: str | None = None,
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         if role not in (LEADER, FOLLOWER):
             raise KasminaError(f"role must be {LEADER!r} or {FOLLOWER!r}, got {role!r}")
@@ -157,8 +160,9 @@ class Executor:
         self._prewarm = prewarm
         keyring = secret if isinstance(secret, Keyring) else (Keyring(secret) if secret is not None else Keyring.from_env())
         self.verifier = verifier if verifier is not None else Verifier(keyring)
-        self.store = db if isinstance(db, EventStore) else _open_log(db)
-        self._owns_store = not isinstance(db, EventStore)
+        #: The run of the log this executor writes (``run``, else $KASMINA_RUN, else "default").
+        self._run_log = RunLog(db, run, run_config, self.leader)
+        self.store = self._run_log.store
         self.ledger = Ledger.open(self.store, on_recorded=self.telemetry.record)
         self.sites: dict[str, SeedSite] = inject(model, list(sites))
         #: Sequence blueprints mask the future by default when the host is a causal LM.
@@ -226,8 +230,7 @@ class Executor:
             self.telemetry.flush(step=self._step, metrics=self.telemetry_metrics())
         finally:
             self.telemetry.close()
-            if self._owns_store:
-                self.store.close()
+            self._run_log.end(crashed=getattr(self, "_crashed", False))
 
     # -- checkpoints and the run's own facts -----------------------------------------------
     def checkpoint(self, directory: str | Path, *, extra: Mapping[str, Any] | None = None,
@@ -310,7 +313,8 @@ class Executor:
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._crashed = exc_type is not None  # the run's status: crashed, not finished
         self.close()
 
     # -- reading --------------------------------------------------------------------------
@@ -836,10 +840,3 @@ def _causal_lm(model: nn.Module) -> bool:
 
 def _why(reason: str) -> str:
     return REASON_MESSAGES.get(reason, reason)
-
-
-def _open_log(url: str | None) -> EventStore:
-    """Open the run's log; a brand-new SQLite file is created and migrated, nothing else is."""
-    from kasmina.events import default_url, migrate
-
-    return migrate.open_log(default_url() if url is None else url)

@@ -1,0 +1,50 @@
+"""Which log, and which run in it, an executor writes to; and how the run's status ends.
+
+An executor opens its run by name (``Executor(..., run="name")``, else ``$KASMINA_RUN``,
+else ``default``). The leader marks it ``running`` (host, process, configuration) and, at
+``close()``, ``finished``; leaving an executor's ``with`` block through an exception marks
+it ``crashed``. A run whose process died without either stays ``running`` in the table
+and is reported ``crashed`` by ``kasmina runs`` when its process is gone from its host.
+Followers (other ranks) never write the status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from kasmina.events import EventStore, default_url
+from kasmina.events import runs as _runs
+
+
+class RunLog:
+    """The store an executor uses, whether it opened it, and whether it keeps the run's status."""
+
+    def __init__(self, db: str | EventStore | None, run: str | None, config: Mapping[str, Any] | None,
+                 leader: bool) -> None:
+        from kasmina.events import migrate, open_store
+
+        named = run is not None
+        name = _runs.resolve(run)
+        if isinstance(db, EventStore):
+            self.store = db if db.run == name else db.for_run(name, create=True)
+            self.owns = False
+            self.keeps_status = leader and (named or self.store is not db)
+            if self.keeps_status:
+                self.store.mark_run("running", config=config)
+            return
+        url = default_url() if db is None else db
+        self.owns = True
+        self.keeps_status = leader
+        # A follower may come up before its leader has created the run: creating the row is
+        # idempotent, and it writes no status.
+        self.store = (migrate.open_log(url, run=name, config=config) if leader
+                      else open_store(url, run=name, create_run=True))
+
+    def end(self, crashed: bool) -> None:
+        """Record how the run ended (``finished`` or ``crashed``) and close a store we opened."""
+        try:
+            if self.keeps_status:
+                self.store.mark_run("crashed" if crashed else "finished")
+        finally:
+            if self.owns:
+                self.store.close()
