@@ -44,15 +44,17 @@ __all__ = ["Executor", "MetricPolicy", "Result", "SeedView", "BlendMode", "Blend
            "replay", "sign"]
 
 
-def replay(db: str | EventStore, *, to_position: int | None = None) -> ReplayResult:
-    """Every seed's state rebuilt from the log at ``db`` (a URL or an open store)."""
+def replay(db: str | EventStore, *, to_position: int | None = None, run: str | None = None) -> ReplayResult:
+    """Every seed's state rebuilt from run ``run`` (else $KASMINA_RUN, else ``default``) of
+    the log at ``db`` (a URL, or an open store: then its own run unless ``run`` is given)."""
     from kasmina.events import EventStore as _Store
     from kasmina.events import open_store
+    from kasmina.events.runs import resolve
     from kasmina.rebuild import replay as _replay
 
     if isinstance(db, _Store):
-        return _replay(db, to_position=to_position)
-    with open_store(db) as store:
+        return _replay(db if run is None else db.for_run(run), to_position=to_position)
+    with open_store(db, run=resolve(run)) as store:
         return _replay(store, to_position=to_position)
 
 

@@ -162,8 +162,8 @@ def status(outcome: Outcome) -> str:
     return f"refused:{outcome.reason}"
 
 
-def crash_child(url: str, trial: int, rng_seed: int) -> None:
-    """Append until killed; every line is flushed the moment its call has returned.
+def crash_child(url: str, trial: int, rng_seed: int, run: str = "default") -> None:
+    """Append to ``run`` until killed; every line is flushed the moment its call has returned.
 
     Started ahead of its trial, it touches the log only once ``go`` arrives on stdin
     (anything else, such as end of file, ends it quietly).
@@ -171,7 +171,7 @@ def crash_child(url: str, trial: int, rng_seed: int) -> None:
     if sys.stdin.readline() != "go\n":
         return
     rng = random.Random(rng_seed)
-    store = open_store(url)
+    store = open_store(url, run=run, create_run=True)
     ledger = Ledger.open(store, snapshot_every=25)  # small: kills land in snapshot writes too
     first = 1 + max((s.stage_entered_step for s in ledger.seeds.values()), default=0)
     _emit(f"READY {store.head()[0]}")
@@ -246,7 +246,7 @@ def concurrent_child(url: str, worker: int, commands: int, go: Path) -> None:
 if __name__ == "__main__":
     mode, url = sys.argv[1], sys.argv[2]
     if mode == "crash":
-        crash_child(url, int(sys.argv[3]), int(sys.argv[4]))
+        crash_child(url, int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6])
     elif mode == "concurrent":
         concurrent_child(url, int(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
     else:

@@ -26,6 +26,10 @@ After each kill:
 * a full replay (no snapshots) equals the state a fresh ``Ledger.open`` rebuilds (snapshots
   and the events after them).
 
+A second trial set runs four children at once, each appending to its own run of one
+PostgreSQL log and killed at its own moment: the same checks hold per run, and the
+order across runs (``read_all``) holds every event once.
+
 The RNG seed is printed and taken from ``KASMINA_CRASH_SEED`` when set, to replay a
 failing run's choices (the kill moments themselves depend on timing).
 """
@@ -102,11 +106,13 @@ class Child:
     """A crash child started one trial ahead: its interpreter starts while the parent checks
     the previous trial, and it touches the log only when told ``go``."""
 
-    def __init__(self, url: str, trial: int, rng_seed: int) -> None:
+    def __init__(self, url: str, trial: int, rng_seed: int, run: str = "default") -> None:
         # stderr goes to a file: reading stdout line by line and then communicate() would
         # lose what the line reader had buffered.
         self.stderr = tempfile.TemporaryFile("w+")
-        self.proc = w.spawn("crash", url, trial, rng_seed, stdin=subprocess.PIPE, stderr=self.stderr)
+        self.proc = w.spawn("crash", url, trial, rng_seed, run, stdin=subprocess.PIPE, stderr=self.stderr)
+        self.early = False
+        self.output = ""
 
     def errors(self) -> str:
         self.stderr.seek(0)
@@ -114,24 +120,31 @@ class Child:
 
     def run_and_kill(self, rng: random.Random) -> Killed:
         """Let it go, SIGKILL it at a random moment, and read what it printed."""
-        proc = self.proc
-        assert proc.stdin is not None and proc.stdout is not None
-        output = ""
         try:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            if rng.random() < EARLY_KILLS:
-                time.sleep(rng.uniform(0.0, 0.3))  # opening the log, replaying it, or just after
-            else:
-                output = proc.stdout.readline()
-                assert output.startswith("READY "), f"child did not start: {output!r}\n{self.errors()}"
-                time.sleep(rng.uniform(0.0, MAX_DELAY_S))
-            proc.send_signal(signal.SIGKILL)
-            output += proc.stdout.read()
-            proc.wait(timeout=30)
-            assert proc.returncode == -signal.SIGKILL, f"child ended by itself ({proc.returncode}):\n{self.errors()}"
+            self.go(rng)
+            time.sleep(rng.uniform(0.0, 0.3) if self.early else rng.uniform(0.0, MAX_DELAY_S))
+            return self.kill()
         finally:
             self.discard()
+
+    def go(self, rng: random.Random) -> None:
+        """Let it go; wait for READY unless this is an early kill (opening, replaying, just after)."""
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        self.early = rng.random() < EARLY_KILLS
+        if not self.early:
+            self.output = proc.stdout.readline()
+            assert self.output.startswith("READY "), f"child did not start: {self.output!r}\n{self.errors()}"
+
+    def kill(self) -> Killed:
+        proc = self.proc
+        assert proc.stdout is not None
+        proc.send_signal(signal.SIGKILL)
+        output = self.output + proc.stdout.read()
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, f"child ended by itself ({proc.returncode}):\n{self.errors()}"
         return parse(output)
 
     def discard(self) -> None:
@@ -211,7 +224,8 @@ def check_after_kill(store: EventStore, killed: Killed, head_before: int, where:
 def cli_verify(url: str, where: str) -> None:
     kasmina = shutil.which("kasmina", path=os.path.dirname(sys.executable))
     assert kasmina is not None, "the kasmina console script is not installed beside this Python"
-    done = subprocess.run([kasmina, "verify", "--db", url, "--json"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([kasmina, "verify", "--db", url, "--json", "--all-runs"], capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, f"{where}: kasmina verify exited {done.returncode}:\n{done.stdout}{done.stderr}"
     assert json.loads(done.stdout)["ok"] is True, f"{where}: {done.stdout}"
 
@@ -260,3 +274,50 @@ def test_sigkill_while_appending(backend: str, request: pytest.FixtureRequest) -
                "events": head, "events_per_trial_max": max(per_trial),
                "events_per_trial_avg": round(sum(per_trial) / TRIALS, 1)}
     print(f"crash safety figures: {json.dumps(figures)}")
+
+
+#: Runs appending at once in the many-runs trials, and how many trials.
+RUNS = 4
+RUN_TRIALS = 8
+
+
+def test_sigkill_four_runs_appending_at_once_to_one_postgres_log(pg_url: str) -> None:
+    """Four children, each appending to its own run of one Postgres log, killed at four
+    independent moments: every run keeps exactly its acknowledged events, verifies on its
+    own, and the order across runs still holds each event once."""
+    migrate.upgrade(pg_url)
+    rng_seed = int(os.environ.get("KASMINA_CRASH_SEED", random.randrange(2**32)))
+    print(f"\nfour runs: KASMINA_CRASH_SEED={rng_seed}")
+    rng = random.Random(rng_seed)
+    names = [f"job-{i}" for i in range(RUNS)]
+    heads = dict.fromkeys(names, 0)
+    acknowledged = 0
+    for trial in range(RUN_TRIALS):
+        where = f"four runs, trial {trial} (KASMINA_CRASH_SEED={rng_seed})"
+        children = {name: Child(pg_url, trial, rng.randrange(2**32), name) for name in names}
+        killed: dict[str, Killed] = {}
+        try:
+            for child in children.values():
+                child.go(rng)
+            order = list(names)
+            rng.shuffle(order)
+            for name in order:  # four kill moments, spread over the appends
+                time.sleep(rng.uniform(0.0, MAX_DELAY_S / 2))
+                killed[name] = children[name].kill()
+        finally:
+            for child in children.values():
+                child.discard()
+        wait_for_dead_sessions(pg_url)
+        with open_store(pg_url) as store:
+            for name in names:
+                if name not in {r.name for r in store.runs()}:
+                    assert not killed[name].acks, f"{where}: {name} acknowledged appends but has no run"
+                    continue
+                heads[name] = check_after_kill(store.for_run(name), killed[name], heads[name], f"{where}, {name}")
+                acknowledged += sum(len(a.positions) for a in killed[name].acks)
+            feed = list(store.read_all())
+            assert len(feed) == sum(heads.values()), f"{where}: the order across runs lost or repeated events"
+            assert [f.at for f in feed] == sorted({f.at for f in feed})
+    assert acknowledged > 0 and sum(1 for h in heads.values() if h) == RUNS, heads
+    cli_verify(pg_url, "four runs, at the end")
+    print(f"four-run crash figures: {json.dumps({'runs': RUNS, 'trials': RUN_TRIALS, 'events': heads})}")

@@ -137,6 +137,21 @@ def test_the_order_across_runs_holds_every_event_once(log_url: str) -> None:
             store.close()
 
 
+def test_a_command_bound_to_another_run_is_refused(sqlite_url: str) -> None:
+    _, _, ex = _executor(sqlite_url, "mine")
+    with ex:
+        theirs = signed(kasmina.commands.germinate("classifier.1", "bottleneck_mlp", parameters=FAST,
+                                                   annotations={"run": "theirs"}))
+        result = ex.handle(theirs)
+        assert (result.accepted, result.reason) == (False, "wrong_run")
+        assert ex.seed("classifier.1").stage == "UNKNOWN"  # nothing was carried out
+        mine = signed(kasmina.commands.germinate("classifier.1", "bottleneck_mlp", parameters=FAST,
+                                                 annotations={"run": "mine"}))
+        assert ex.handle(mine).accepted
+    refusals = cli.audit(sqlite_url, run="mine")["refusals"]
+    assert refusals == [{"reason": "wrong_run", "count": 1}]
+
+
 def test_unknown_and_malformed_run_names_are_one_line_refusals(log_url: str) -> None:
     migrate.open_log(log_url, run="real").close()
     with pytest.raises(UnknownRun, match=r"no run 'nope' in .*; its runs: default, real"):
@@ -199,6 +214,24 @@ def test_run_status_running_finished_crashed(log_url: str) -> None:
     assert statuses == {"default": "finished", "ok": "finished", "boom": "crashed"}
 
 
+def test_the_run_comes_from_kasmina_run_unless_named(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KASMINA_RUN", "from-env")
+    _, _, ex = _executor(sqlite_url, None)
+    assert ex.store.run == "from-env"
+    ex.close()
+    _, _, ex = _executor(sqlite_url, "named")
+    assert ex.store.run == "named"
+    ex.close()
+    # A store handed in keeps its own run; the environment does not move it.
+    with open_store(sqlite_url, run="named") as store:
+        ex = kasmina.Executor(Net(), sites=SITES, db=store, secret=SECRET, catalogue=_catalogue())
+        assert ex.store is store
+        ex.close()
+    assert kasmina.replay(sqlite_url).seeds == {}  # the from-env run: its executor grew no seed
+    with open_store(sqlite_url) as store:
+        assert {r.name for r in store.runs()} == {"default", "from-env", "named"}
+
+
 def test_a_killed_run_reads_as_crashed(sqlite_url: str) -> None:
     code = ("from kasmina.events import migrate; import os; "
             f"s = migrate.open_log({sqlite_url!r}, run='killed'); os._exit(0)")
@@ -232,6 +265,14 @@ def test_kasmina_runs_reports_each_run(log_url: str, capsys: pytest.CaptureFixtu
     assert report["default"]["events"] == 0
     assert main(["verify", "--db", log_url, "--all-runs"]) == 0
     capsys.readouterr()
+    assert main(["follow", "--db", log_url, "--all-runs", "--from-start", "--interval", "0.05",
+                 "--idle-timeout", "0.3", "--json"]) == 0
+    *lines, summary = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {line["run"] for line in lines} == {"alpha", "beta"}
+    for name in ("alpha", "beta"):
+        with open_store(log_url, run=name) as store:
+            assert summary["runs"][name]["digest"] == replay(store).digest
+            assert summary["runs"][name]["position"] == store.head()[0]
     assert main(["replay", "--db", log_url, "--run", "beta", "--json"]) == 0
     replayed = json.loads(capsys.readouterr().out)
     with open_store(log_url, run="beta") as store:

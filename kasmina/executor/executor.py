@@ -54,6 +54,7 @@ from kasmina.lifecycle.stages import LIVE_STAGES, Gate, Stage
 from kasmina.lifecycle.state import SeedState
 from kasmina.rebuild import replay_seed
 from kasmina.security import REASON_MESSAGES, Keyring, Verifier
+from kasmina.security.verify import RUN_ANNOTATION, WRONG_RUN
 from kasmina.telemetry import Metric, Telemetry
 
 SeedOp = leyline.SeedOperation
@@ -378,6 +379,9 @@ class Executor:
             reason = self.verifier.check(command)
             if reason is not None:
                 return self._refuse(reason, command, _why(reason), verified=False)
+            if command.annotations.get(RUN_ANNOTATION, self.store.run) != self.store.run:
+                return self._refuse(WRONG_RUN, command, f"annotations['run'] is {command.annotations[RUN_ANNOTATION]!r}, "
+                                    f"this executor writes run {self.store.run!r}", verified=True)
             field = _nul_field(command)
             if field is not None:
                 # Even a signed text may not hold a NUL: PostgreSQL cannot return one as

@@ -1,7 +1,7 @@
 """Which log, and which run in it, an executor writes to; and how the run's status ends.
 
 An executor opens its run by name (``Executor(..., run="name")``, else ``$KASMINA_RUN``,
-else ``default``). The leader marks it ``running`` (host, process, configuration) and, at
+else ``default``); a store passed as ``db`` is used with the run it is bound to. The leader marks it ``running`` (host, process, configuration) and, at
 ``close()``, ``finished``; leaving an executor's ``with`` block through an exception marks
 it ``crashed``. A run whose process died without either stays ``running`` in the table
 and is reported ``crashed`` by ``kasmina runs`` when its process is gone from its host.
@@ -23,15 +23,16 @@ class RunLog:
                  leader: bool) -> None:
         from kasmina.events import migrate, open_store
 
-        named = run is not None
-        name = _runs.resolve(run)
         if isinstance(db, EventStore):
-            self.store = db if db.run == name else db.for_run(name, create=True)
+            # A store given is used as bound (its owner keeps the run's status), unless a run
+            # is named: then that run of the same log, whose status this executor keeps.
+            self.store = db if run is None or db.run == _runs.check_name(run) else db.for_run(run, create=True)
             self.owns = False
-            self.keeps_status = leader and (named or self.store is not db)
+            self.keeps_status = leader and run is not None
             if self.keeps_status:
                 self.store.mark_run("running", config=config)
             return
+        name = _runs.resolve(run)
         url = default_url() if db is None else db
         self.owns = True
         self.keeps_status = leader

@@ -87,6 +87,10 @@ NONCE_REPLAYED = "nonce_replayed"
 MISSING_TIMESTAMP = "missing_timestamp"
 STALE_COMMAND = "stale_command"
 ISSUED_IN_FUTURE = "issued_in_future"
+#: Not a signature check: the executor refuses a signed command bound to another run.
+WRONG_RUN = "wrong_run"
+#: The annotation that binds a command to one run of a log (signed like every annotation).
+RUN_ANNOTATION = "run"
 
 REASONS: tuple[str, ...] = (
     VERIFIER_UNAVAILABLE, OVERSIZED_COMMAND, MISSING_SIGNATURE, UNKNOWN_KEY, INVALID_SIGNATURE,
