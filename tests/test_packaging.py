@@ -23,7 +23,9 @@ def test_wheel_ships_migrations_and_upgrades_a_database(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("kasmina/migrations/env.py", "kasmina/migrations/script.py.mako",
                    "kasmina/migrations/versions/0001_event_log.py",
-                   "kasmina/migrations/versions/0002_seed_contributions.py", "kasmina/migrations/sqljson.py",
+                   "kasmina/migrations/versions/0002_seed_contributions.py",
+                   "kasmina/migrations/versions/0003_runs.py", "kasmina/migrations/sqljson.py",
+                   "kasmina/migrations/views.py", "kasmina/migrations/appendonly.py",
                    "kasmina/leyline/leyline.proto",
                    "kasmina/leyline/leyline_pb2.py"):
         assert needed in names
@@ -41,7 +43,7 @@ def test_wheel_ships_migrations_and_upgrades_a_database(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "0002_seed_contributions"
+    assert result.stdout.strip() == "0003_runs"
 
 
 def test_known_revisions_are_the_alembic_chain() -> None:
