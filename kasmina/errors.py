@@ -31,6 +31,10 @@ class SchemaMismatch(StoreError):
     """The database schema is not the one this Kasmina was built for."""
 
 
+class PermissionDenied(StoreError):
+    """The database refused this role the read or write (``kasmina db grant`` gives roles theirs)."""
+
+
 class StaleVersion(StoreError):
     """Optimistic concurrency: the stream moved on since the caller read it."""
 

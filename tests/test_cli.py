@@ -61,7 +61,7 @@ def test_verify_ok_then_tampered_row_named(simulated: str, capsys: pytest.Captur
         conn.execute("UPDATE kasmina_events SET payload = json_set(payload, '$.reason', 'forged') WHERE position = 7")
     code, out, _ = run_cli(capsys, "verify", "--db", simulated, "--json")
     assert code == EXIT_VERIFY_FAILED
-    assert json.loads(out) == {"ok": False, "position": 7,
+    assert json.loads(out) == {"run": "default", "ok": False, "position": 7,
                                "problem": "hash does not match the stored event (tampered?)"}
 
 

@@ -28,6 +28,11 @@ The convention, enforced here; nothing is skipped silently:
   block contains ``-- may be empty``, and give the same column names and row count on
   both. Since ``audit`` runs only statements that begin with SELECT or WITH, the marker
   goes at the end of the block.
+  A block that ends with ``-- sweep: NAME`` (docs/audit.md, "Across runs") also runs
+  against a sweep that :func:`kasmina.simulate.run_many` writes (:data:`SWEEP`), once per
+  backend per session, where it must give the same rows on both backends (floats rounded)
+  and the rows :data:`SWEEP_ORACLES` ``[NAME]`` computes in Python from each run's events.
+  Every oracle needs its block and every sweep block its oracle.
 * ``text``: sample output; not run.
 * ``sh``: allowed in README.md only (the Quick start's ``make demo`` / ``make test``, which
   must not recurse into this suite); not run.
@@ -61,7 +66,8 @@ import pytest
 from kasmina.cli import commands as cli
 from kasmina.errors import KasminaError
 from kasmina.events import migrate, open_store
-from conftest import REDIS_URL, require_redis
+from kasmina.simulate import run_many
+from conftest import REDIS_URL, _reset, require_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -279,8 +285,7 @@ class SimulatedLogs:
             url = f"sqlite:///{self.folder / f'simulated-{next(self._builds)}.db'}"
         else:
             url = request.getfixturevalue("pg_database")
-            if migrate.current(url) is not None:
-                migrate.downgrade(url, "base")
+            _reset(url)  # not a downgrade: that is refused while the log holds runs (the sweep's)
         migrate.upgrade(url)
         cli.simulate(url, **SIMULATION)
         with open_store(url) as store:
@@ -316,6 +321,294 @@ def test_sql_block_runs_on_the_simulated_log(block: Block, backend: str, simulat
         assert (result["columns"], len(result["rows"])) == (reference["columns"], len(reference["rows"])), (
             f"{block.where}: PostgreSQL gave columns {result['columns']} and {len(result['rows'])} rows, "
             f"SQLite {reference['columns']} and {len(reference['rows'])} rows")
+
+
+# -- sweep queries against a concurrent sweep, checked against Python ------------------------
+
+#: The sweep the ``-- sweep: NAME`` blocks run against: small, so each backend's is written
+#: in a few seconds, and chosen so it has culls (a controller's too), fossilizations, blend
+#: modes, counterfactuals and generations still going on (test_the_sweep_has_something_to_audit).
+SWEEP = {"runs": 3, "seeds": 3, "steps": 140, "rng": 3}
+_SWEEP_MARKER = re.compile(r"^--\s*sweep:\s*(\w+)\s*$", re.MULTILINE)
+FLOAT_DIGITS = 9
+
+
+def sweep_name(block: Block) -> str | None:
+    found = _SWEEP_MARKER.findall(block.body)
+    return found[-1] if found else None
+
+
+SWEEP_BLOCKS = [b for b in SQL_BLOCKS if sweep_name(b) is not None]
+
+
+class SweepLogs:
+    """The sweep, one per backend, written once and rewritten if another test emptied it
+    (the PostgreSQL database is the session's, shared with ``pg_url`` users)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.urls: dict[str, str] = {}
+        self.runs: dict[str, dict[str, int]] = {}
+        self._builds = itertools.count(1)
+        self._oracles: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+
+    def url(self, backend: str, request: pytest.FixtureRequest) -> str:
+        if backend not in self.runs or self._runs(backend) != self.runs[backend]:
+            self._build(backend, request)
+        return self.urls[backend]
+
+    def _runs(self, backend: str) -> dict[str, int] | None:
+        if backend not in self.urls:
+            return None
+        try:
+            with open_store(self.urls[backend]) as store:
+                return {r.name: r.last_position for r in store.runs()}
+        except KasminaError:
+            return None
+
+    def _build(self, backend: str, request: pytest.FixtureRequest) -> None:
+        if backend == "sqlite":
+            url = f"sqlite:///{self.folder / f'sweep-{next(self._builds)}.db'}"  # run_many migrates it
+        else:
+            url = request.getfixturevalue("pg_database")
+            _reset(url)
+            migrate.upgrade(url)
+        run_many(url, **SWEEP)
+        self.urls[backend] = url
+        self.runs[backend] = self._runs(backend) or {}
+        self._oracles[backend] = sweep_oracles(url)
+
+    def expected(self, backend: str, name: str) -> list[tuple[Any, ...]]:
+        return self._oracles[backend][name]
+
+
+@pytest.fixture(scope="session")
+def sweep_logs(tmp_path_factory: pytest.TempPathFactory) -> SweepLogs:
+    return SweepLogs(tmp_path_factory.mktemp("docs_sweep"))
+
+
+# The oracle: the same answers, from each run's events read one run at a time through the
+# store (no view, no SQL), so a query that joins across runs or misplaces a span fails.
+
+@dataclass
+class _Generation:
+    run: str
+    seed_id: str
+    blueprint_id: str
+    position: int
+    blend_mode: str = "default"
+    outcome: str | None = None
+    outcome_gate: str | None = None
+    outcome_position: int | None = None
+
+    def holds(self, position: int, *, outcome_included: bool) -> bool:
+        if position <= self.position:
+            return False
+        if self.outcome_position is None:
+            return True
+        return position <= self.outcome_position if outcome_included else position < self.outcome_position
+
+
+@dataclass
+class _SweepFacts:
+    runs: list[tuple[str, str, int]]  # name, status, events
+    transitions: list[tuple[str, str, int, str, str | None, str, int]]  # run, seed, position, to, gate, reason, step
+    generations: list[_Generation]
+    contributions: list[tuple[str, str, int, float]]  # run, seed, position, contribution
+    refusals: dict[str, int]
+
+
+def _sweep_facts(url: str) -> _SweepFacts:
+    from kasmina.lifecycle import events as ev
+
+    with open_store(url) as store:
+        infos = store.runs()
+    facts = _SweepFacts([], [], [], [], {})
+    for info in infos:
+        with open_store(url, run=info.name) as store:
+            events = list(store.read())
+        facts.runs.append((info.name, info.status, len(events)))
+        facts.refusals[info.name] = sum(e.type == ev.COMMAND_REFUSED for e in events)
+        current: dict[str, _Generation] = {}  # per seed: its latest generation
+        last_transition: dict[str, int] = {}
+        for e in events:
+            d = e.data
+            if e.type in (ev.STAGE_CHANGED, ev.SEED_ROLLED_BACK):
+                facts.transitions.append((info.name, e.stream_id, e.position, d["to_stage"], d.get("gate"),
+                                          d.get("reason"), int(d["step"])))
+                last_transition[e.stream_id] = e.position
+                g = current.get(e.stream_id)
+                if e.type == ev.STAGE_CHANGED and d["to_stage"] == "GERMINATED":
+                    current[e.stream_id] = g = _Generation(info.name, e.stream_id, d["blueprint_id"], e.position)
+                    facts.generations.append(g)
+                elif g is not None and g.outcome is None and d["to_stage"] in ("FOSSILIZED", "CULLED"):
+                    g.outcome, g.outcome_gate, g.outcome_position = d["to_stage"], d.get("gate"), e.position
+            elif e.type == ev.BLEND_CONFIG:
+                g = current.get(e.stream_id)
+                # the mode of the first blend config between the germination and the next transition
+                if g is not None and last_transition[e.stream_id] == g.position and g.blend_mode == "default":
+                    g.blend_mode = d["mode"]
+            if e.type in (ev.STAGE_CHANGED, ev.GATE_FAILED):
+                contribution = (d.get("inputs") or {}).get("contribution")
+                if contribution is not None:
+                    facts.contributions.append((info.name, e.stream_id, e.position, float(contribution)))
+    return facts
+
+
+def _generation_of(facts: _SweepFacts, run: str, seed_id: str, position: int, *,
+                   outcome_included: bool) -> _Generation | None:
+    found = [g for g in facts.generations if g.run == run and g.seed_id == seed_id
+             and g.holds(position, outcome_included=outcome_included)]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+def _spans(facts: _SweepFacts) -> list[tuple[str, str, int, str, int]]:
+    """(run, seed, position, stage, steps) of every stage with a next transition."""
+    out = []
+    by_seed: dict[tuple[str, str], list[tuple[str, str, int, str, str | None, str, int]]] = {}
+    for t in facts.transitions:
+        by_seed.setdefault((t[0], t[1]), []).append(t)
+    for (run, seed_id), ts in by_seed.items():
+        ts.sort(key=lambda t: t[2])
+        out.extend((run, seed_id, a[2], a[3], b[6] - a[6]) for a, b in zip(ts, ts[1:]))
+    return out
+
+
+def _stats(values: list[int]) -> tuple[int, int, int, float]:
+    return len(values), min(values), max(values), sum(values) / len(values)
+
+
+def _oracle_fossilize_rate(facts: _SweepFacts) -> list[tuple[Any, ...]]:
+    groups: dict[tuple[str, str], list[_Generation]] = {}
+    for g in facts.generations:
+        groups.setdefault((g.blueprint_id, g.blend_mode), []).append(g)
+    rows = []
+    for (blueprint, mode), gs in groups.items():
+        fossilized = sum(g.outcome == "FOSSILIZED" for g in gs)
+        culled = sum(g.outcome == "CULLED" for g in gs)
+        ended = fossilized + culled
+        rows.append((blueprint, mode, len(gs), fossilized, culled, len(gs) - ended,
+                     fossilized / ended if ended else None))
+    return rows
+
+
+def _oracle_stage_steps(facts: _SweepFacts) -> list[tuple[Any, ...]]:
+    groups: dict[str, list[int]] = {}
+    for _, _, _, stage, steps in _spans(facts):
+        groups.setdefault(stage, []).append(steps)
+    return [(stage, *_stats(v)) for stage, v in groups.items()]
+
+
+def _oracle_blend_steps(facts: _SweepFacts) -> list[tuple[Any, ...]]:
+    groups: dict[str, list[int]] = {}
+    for run, seed_id, position, stage, steps in _spans(facts):
+        if stage == "BLENDING":
+            g = _generation_of(facts, run, seed_id, position, outcome_included=False)
+            assert g is not None, (run, seed_id, position)
+            groups.setdefault(g.blend_mode, []).append(steps)
+    return [(mode, *_stats(v)) for mode, v in groups.items()]
+
+
+def _oracle_culls_by_gate(facts: _SweepFacts) -> list[tuple[Any, ...]]:
+    groups: dict[tuple[str, str], set[str]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for run, _, _, to_stage, gate, reason, _ in facts.transitions:
+        if to_stage == "CULLED":
+            key = (gate or "(controller)", reason)
+            groups.setdefault(key, set()).add(run)
+            counts[key] = counts.get(key, 0) + 1
+    return [(*key, counts[key], len(runs)) for key, runs in groups.items()]
+
+
+def _oracle_culls_by_site(facts: _SweepFacts) -> list[tuple[Any, ...]]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for g in facts.generations:
+        if g.outcome == "CULLED":
+            groups.setdefault((g.seed_id, g.outcome_gate or "(controller)"), []).append(g.run)
+    return [(*key, len(runs), len(set(runs))) for key, runs in groups.items()]
+
+
+def _oracle_contribution_by_blueprint(facts: _SweepFacts) -> list[tuple[Any, ...]]:
+    groups: dict[str, list[tuple[str, str, float]]] = {}
+    for run, seed_id, position, contribution in facts.contributions:
+        g = _generation_of(facts, run, seed_id, position, outcome_included=True)
+        if g is not None:
+            groups.setdefault(g.blueprint_id, []).append((run, seed_id, contribution))
+    return [(blueprint, len(v), len({(r, s) for r, s, _ in v}), sum(c for *_, c in v) / len(v),
+             min(c for *_, c in v), max(c for *_, c in v)) for blueprint, v in groups.items()]
+
+
+def _oracle_run_summary(facts: _SweepFacts) -> list[tuple[Any, ...]]:
+    rows = []
+    for name, status, events in facts.runs:
+        gs = [g for g in facts.generations if g.run == name]
+        rows.append((name, status, events, len(gs), sum(g.outcome == "FOSSILIZED" for g in gs),
+                     sum(g.outcome == "CULLED" for g in gs), facts.refusals[name]))
+    return rows
+
+
+SWEEP_ORACLES = {
+    "fossilize_rate": _oracle_fossilize_rate,
+    "stage_steps": _oracle_stage_steps,
+    "blend_steps": _oracle_blend_steps,
+    "culls_by_gate": _oracle_culls_by_gate,
+    "culls_by_site": _oracle_culls_by_site,
+    "contribution_by_blueprint": _oracle_contribution_by_blueprint,
+    "run_summary": _oracle_run_summary,
+}
+
+
+def sweep_oracles(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    facts = _sweep_facts(url)
+    return {name: oracle(facts) for name, oracle in SWEEP_ORACLES.items()}
+
+
+def comparable(rows: list[Any]) -> list[tuple[Any, ...]]:
+    """Rows as tuples with floats rounded, in a fixed order: the backends may collate text
+    differently, so the order of rows is not what is compared."""
+    def cell(v: Any) -> Any:
+        return round(v, FLOAT_DIGITS) if isinstance(v, float) else v
+    return sorted((tuple(cell(v) for v in row) for row in rows), key=repr)
+
+
+def test_every_sweep_block_has_an_oracle_and_every_oracle_a_block() -> None:
+    names = [sweep_name(b) for b in SWEEP_BLOCKS]
+    assert len(names) == len(set(names)), f"sweep block names repeat: {names}"
+    assert set(names) == set(SWEEP_ORACLES), (
+        f"blocks without an oracle: {sorted(set(names) - set(SWEEP_ORACLES))}; "
+        f"oracles without a block: {sorted(set(SWEEP_ORACLES) - set(names))}")
+
+
+def test_the_sweep_has_something_to_audit(sweep_logs: SweepLogs, request: pytest.FixtureRequest) -> None:
+    """Otherwise a query could be wrong where the sweep happens to hold nothing."""
+    facts = _sweep_facts(sweep_logs.url("sqlite", request))
+    gens = facts.generations
+    assert {n for n, status, _ in facts.runs if status == "finished"} >= {f"sim-{i}" for i in range(SWEEP["runs"])}
+    assert len({g.blueprint_id for g in gens}) >= 2 and len({g.blend_mode for g in gens}) >= 3
+    assert "default" in {g.blend_mode for g in gens}
+    assert {g.outcome for g in gens} == {"FOSSILIZED", "CULLED", None}, "needs every outcome, one still going on"
+    assert any(g.outcome == "CULLED" and g.outcome_gate is None for g in gens), "needs a controller's cull"
+    assert any(g.outcome_gate == "G4_SYSTEM_IMPACT" for g in gens), "needs a G4 cull (its contribution)"
+    assert facts.contributions and sum(facts.refusals.values()) > 0
+    # the same seed ids in several runs: what makes joins without ``run`` wrong
+    assert len({g.run for g in gens if g.seed_id == "sim.layer0"}) == SWEEP["runs"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("block", SWEEP_BLOCKS, ids=lambda b: f"{b.where}:{sweep_name(b)}")
+def test_sweep_block_answers_the_question(block: Block, backend: str, sweep_logs: SweepLogs,
+                                          request: pytest.FixtureRequest) -> None:
+    """The same rows on both backends, and the rows Python computes from the runs' events."""
+    name = sweep_name(block)
+    assert name is not None
+    url = sweep_logs.url(backend, request)
+    got = comparable(_query(url, block)["rows"])
+    expected = comparable(sweep_logs.expected(backend, name))
+    assert got == expected, f"{block.where} ({name}) on {backend}:\n got      {got}\n expected {expected}"
+    if backend == "postgres":
+        reference = comparable(_query(sweep_logs.url("sqlite", request), block)["rows"])
+        assert got == reference, f"{block.where} ({name}): PostgreSQL and SQLite disagree"
 
 
 # -- the structure every page must have ----------------------------------------------------

@@ -34,7 +34,7 @@ from kasmina.rebuild import replay_seed, verify
 
 KASMINA_TABLES = {"kasmina_events", "kasmina_snapshots", "kasmina_runs", "kasmina_auditors"}
 KASMINA_VIEWS = {"seed_transitions", "seed_current_stage", "seed_gate_verdicts", "command_refusals",
-                 "seed_contributions"}
+                 "seed_contributions", "seed_generations"}
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ arguments, calls it, and prints a table or ``--json``. A user error is one line 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any, Callable, NoReturn, Sequence
@@ -63,13 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
                               help="PostgreSQL: let a database role write its own runs (or, --auditor, read all)")
     grant.add_argument("role", help="an existing PostgreSQL role")
     grant.add_argument("--auditor", action="store_true", help="read every run, write nothing")
+    revoke = db_sub.add_parser("revoke", parents=[common], help="PostgreSQL: take back what 'db grant' gave a role")
+    revoke.add_argument("role", help="an existing PostgreSQL role")
 
     sim = sub.add_parser("simulate", parents=[common], help="run synthetic seed lifecycles into the log")
     sim.add_argument("--seeds", type=pos_int, default=8)
     sim.add_argument("--steps", type=pos_int, default=400)
     sim.add_argument("--rng", type=nonneg_int, default=0, help="run seed (same seed, same history)")
     sim.add_argument("--runs", type=pos_int, default=None, metavar="N",
-                     help="write N runs at once, one process each, named sim-0..sim-N-1 (a sweep to audit)")
+                     help="write N runs at once, one process each, named sim-0..sim-N-1 (with --run NAME: "
+                          "NAME-0..), run i with --rng + i: a sweep to audit")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 
     demo = sub.add_parser("demo", parents=[common],
@@ -169,8 +173,15 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
         fn = {"upgrade": lambda: commands.db_upgrade(url, args.revision),
               "downgrade": lambda: commands.db_downgrade(url, args.revision),
               "current": lambda: commands.db_current(url),
-              "grant": lambda: commands.db_grant(url, args.role, auditor=args.auditor)}[args.db_command]
+              "grant": lambda: commands.db_grant(url, args.role, auditor=args.auditor),
+              "revoke": lambda: commands.db_grant(url, args.role, revoke=True)}[args.db_command]
         return fn(), render.db, 0
+    if args.command == "simulate" and args.runs is not None:
+        bar, progress = _progress(args, args.runs * args.steps)
+        with bar if bar is not None else contextlib.nullcontext():
+            data = commands.simulate_runs(url, runs=args.runs, seeds=args.seeds, steps=args.steps, rng=args.rng,
+                                          prefix=args.run, progress=progress)
+        return data, render.simulate_runs, 0
     if args.command == "simulate":
         bar, progress = _progress(args, args.steps)
         if bar is not None:
@@ -272,7 +283,7 @@ def _follow(args: argparse.Namespace, url: str) -> tuple[dict[str, Any], Callabl
     every = args.all_runs
     if every and args.until_position is not None:
         _Parser(prog="kasmina follow").error("--until-position is a position in one run: not with --all-runs")
-    with open_store(url, run=resolve(None if every else args.run)) as store:
+    with (open_store(url, bind_run=False) if every else open_store(url, run=resolve(args.run))) as store:
         follower: Follower | RunsFollower = (
             RunsFollower(store, interval_s=args.interval, from_start=args.from_start) if every
             else Follower(store, interval_s=args.interval, from_start=args.from_start))

@@ -41,11 +41,13 @@ def db_current(url: str) -> dict[str, Any]:
             "up_to_date": found == SCHEMA_REVISION}
 
 
-def db_grant(url: str, role: str, *, auditor: bool = False) -> dict[str, Any]:
+def db_grant(url: str, role: str, *, auditor: bool = False, revoke: bool = False) -> dict[str, Any]:
+    """``kasmina db grant`` / ``revoke``: a role's rights on a shared PostgreSQL log."""
     from kasmina.events import roles
 
-    statements = roles.grant(url, role, auditor=auditor)
-    return {"database": redact(url), "role": role, "auditor": auditor, "statements": statements}
+    statements = roles.revoke(url, role) if revoke else roles.grant(url, role, auditor=auditor)
+    kind = "none" if revoke else "auditor" if auditor else "job"
+    return {"database": redact(url), "role": role, "kind": kind, "statements": statements}
 
 
 def simulate(url: str, *, seeds: int, steps: int, rng: int, run: str | None = None,
@@ -67,6 +69,14 @@ def simulate(url: str, *, seeds: int, steps: int, rng: int, run: str | None = No
     finally:
         store.close()
     return {"database": redact(url), "run": store.run, **report.to_dict()}
+
+
+def simulate_runs(url: str, *, runs: int, seeds: int, steps: int, rng: int, prefix: str | None = None,
+                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """A sweep: ``runs`` runs written at once, one process each (see :func:`kasmina.simulate.run_many`)."""
+    from kasmina.simulate import run_many
+
+    return run_many(url, runs=runs, seeds=seeds, steps=steps, rng=rng, prefix=prefix or "sim", progress=progress)
 
 
 def _event_row(e: Any) -> dict[str, Any]:
@@ -92,10 +102,16 @@ def _open(url: str, run: str | None) -> EventStore:
     return open_store(url, run=resolve_run(run))
 
 
+def _open_log(url: str) -> EventStore:
+    """The whole log, no run bound: a job's role sees its own runs, an auditor's every run,
+    and neither needs a ``default`` run to exist or be theirs."""
+    return open_store(url, bind_run=False)
+
+
 def _each_run(url: str, run: str | None, all_runs: bool, one: Callable[[EventStore], dict[str, Any]]
               ) -> dict[str, Any]:
     """``one(store)`` for the named run, or with ``all_runs`` for every run, keyed by name."""
-    with _open(url, None if all_runs else run) as store:
+    with (_open_log(url) if all_runs else _open(url, run)) as store:
         if not all_runs:
             return {"run": store.run, **one(store)}
         return {"runs": {info.name: one(store.for_run(info.name)) for info in store.runs()}}
@@ -149,7 +165,7 @@ def verify(url: str, run: str | None = None, all_runs: bool = False) -> dict[str
 
 def runs(url: str) -> dict[str, Any]:
     """Every run: status, steps, seeds by their current stage, culls, events, first and last time."""
-    with open_store(url) as store:
+    with _open_log(url) as store:
         infos = store.runs()
         stages: dict[str, dict[str, int]] = {}
         for name, stage, count in _query(store, "SELECT run, stage, COUNT(*) FROM seed_current_stage "
@@ -238,7 +254,7 @@ def _without_leading_comments(sql: str) -> str:
 def audit(url: str, query: str | None = None, run: str | None = None) -> dict[str, Any]:
     """A summary from the shipped views (every run's, or the named run's), or the rows of a
     read-only SQL query (which sees every run: the views have a ``run`` column)."""
-    with open_store(url) as store:
+    with _open_log(url) as store:
         if query is not None:
             if not _without_leading_comments(query).lower().startswith(_READ_ONLY_STARTS):
                 raise KasminaError("audit --query runs read-only queries only (SELECT, WITH or EXPLAIN)")

@@ -103,6 +103,16 @@ def simulate(out: Console, data: dict[str, Any]) -> None:
     out.print("final stages: " + ", ".join(f"{k} {v}" for k, v in sorted(stages.items())))
 
 
+def simulate_runs(out: Console, data: dict[str, Any]) -> None:
+    t = data["totals"]
+    stages = ", ".join(f"{k} {v}" for k, v in sorted(t["final_stages"].items()))
+    out.print(f"simulated {t['runs']} runs at once into {data['database']} in {data['wall_s']} s: "
+              f"{t['finished']} finished, {t['crashed']} crashed, {t['events']} events, "
+              f"{t['commands_accepted']} commands accepted; final stages: {stages}")
+    for name, report in data["runs"].items():
+        out.print(f"  {name}: {report['events']} events, {report['seeds']} seeds, {report['steps']} steps")
+
+
 @_per_run
 def verify(out: Console, data: dict[str, Any], run: str | None = None) -> None:
     if data["ok"]:
@@ -114,13 +124,20 @@ def verify(out: Console, data: dict[str, Any], run: str | None = None) -> None:
 def runs(out: Console, data: dict[str, Any]) -> None:
     rows = [[r["name"], r["status"], r["steps"], ", ".join(f"{k} {v}" for k, v in sorted(r["seeds"].items())),
              r["culls"], r["events"], (r["first"] or "")[:19], (r["last"] or "")[:19],
-             f"{r['host'] or ''}:{r['pid'] or ''}"] for r in data["runs"]]
+             f"{r['host']}:{r['pid']}" if r["host"] else ""] for r in data["runs"]]
     out.print(_table(f"runs in {data['database']}",
                      ["run", "status", "steps", "seeds by stage", "culls", "events", "first", "last", "process"],
                      rows))
 
 
 def db(out: Console, data: dict[str, Any]) -> None:
+    if "statements" in data:  # grant / revoke: what ran, then what the role now is
+        for statement in data["statements"]:
+            out.print(statement, markup=False, highlight=False, soft_wrap=True)
+        rights = {"job": "a job's rights (its own runs)", "auditor": "an auditor's rights (reads every run)",
+                  "none": "no rights"}[data["kind"]]
+        out.print(f"role {data['role']!r} has {rights} on {data['database']}", markup=False, highlight=False)
+        return
     line = f"{data['database']}: schema {data['revision'] or 'none'}"
     if "up_to_date" in data:
         line += " (up to date)" if data["up_to_date"] else f" (this kasmina needs {data['expected']})"

@@ -28,10 +28,16 @@ __all__ = [
 
 
 def open_store(url: str | None = None, *, run: str = DEFAULT_RUN, create_run: bool = False,
-               create: bool = False, check_schema: bool = True, synchronous: str = "FULL") -> EventStore:
+               create: bool = False, check_schema: bool = True, bind_run: bool = True,
+               synchronous: str = "FULL") -> EventStore:
     """Open run ``run`` of the log at ``url``; never creates or migrates a schema (``kasmina
     db upgrade`` does). The run must exist unless ``create_run`` (a writer's path: see
-    :func:`kasmina.events.migrate.open_log`)."""
+    :func:`kasmina.events.migrate.open_log`).
+
+    ``bind_run=False`` leaves the run unresolved until a call needs it: whole-log work
+    (:meth:`~EventStore.runs`, :meth:`~EventStore.read_all`, :meth:`~EventStore.for_run`,
+    audit queries) then runs for a role that cannot see ``run``, or on a log without it.
+    """
     check_name(run)
     parsed = parse(default_url() if url is None else url)
     if parsed.backend == "memory":
@@ -52,7 +58,8 @@ def open_store(url: str | None = None, *, run: str = DEFAULT_RUN, create_run: bo
     if check_schema:
         try:
             store.check_schema()
-            store.run_id  # an unknown run is refused now, in one line
+            if bind_run:
+                store.run_id  # an unknown run is refused now, in one line
         except Exception:
             store.close()
             raise

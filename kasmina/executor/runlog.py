@@ -10,10 +10,14 @@ Followers (other ranks) never write the status.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
+from kasmina.errors import StoreError
 from kasmina.events import EventStore, default_url
 from kasmina.events import runs as _runs
+
+logger = logging.getLogger(__name__)
 
 
 class RunLog:
@@ -42,10 +46,17 @@ class RunLog:
                       else open_store(url, run=name, create_run=True))
 
     def end(self, crashed: bool) -> None:
-        """Record how the run ended (``finished`` or ``crashed``) and close a store we opened."""
+        """Record how the run ended (``finished`` or ``crashed``) and close a store we opened.
+
+        The status is a convenience over the log, not part of it: when the database cannot
+        take it (gone, read-only), the events already written stand, the run stays
+        ``running`` (reported ``crashed`` once its process is gone) and closing goes on.
+        """
         try:
             if self.keeps_status:
                 self.store.mark_run("crashed" if crashed else "finished")
+        except StoreError as e:
+            logger.warning("run %r: could not record its end: %s", self.store.run, e)
         finally:
             if self.owns:
                 self.store.close()
