@@ -297,7 +297,7 @@ def test_old_schema_events_are_upcast_on_read(store: EventStore) -> None:
 PAYLOAD = {
     "nested": {"deep": {"deeper": [1, 2, {"x": None}]}, "empty": {}, "list": []},
     "floats": [0.1, -2.5, 3.141592653589793, 1e-7, 123456.0, 2.0 ** -30],
-    "ints": [0, -1, 2 ** 53 + 1, 2 ** 62],
+    "ints": [0, -1, 2 ** 53 + 1, 2 ** 62, 2 ** 64 + 1, -(2 ** 70)],  # beyond 64 bits: kept whole by the decoder
     "none": None, "yes": True, "no": False,
     "text": "naïve — 模型 🌱 \"quoted\" \\ back\nslash\ttab",
     "mixed": [True, None, "s", 1, 1.5, {"k": [False]}],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, create_engine
 
+from kasmina.events import codec
 from kasmina.events.sql import SQLEventStore
 from kasmina.events.urls import ParsedURL
 
@@ -22,6 +23,7 @@ def make_engine(parsed: ParsedURL) -> Engine:
     return create_engine(
         parsed.url,
         pool_pre_ping=True,
+        json_deserializer=codec.loads,  # jsonb payloads: psycopg decodes them with it (replay speed)
         connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "kasmina"},
     )
 

@@ -8,6 +8,7 @@ Kasmina's hierarchy in exactly one place, :meth:`SQLEventStore._errors`.
 from __future__ import annotations
 
 import itertools
+import operator
 import json
 import threading
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from sqlalchemy import exc as sa_exc
 
 from kasmina.errors import (IntegrityViolation, PermissionDenied, SchemaMismatch, StaleVersion, StoreError,
                             StoreUnavailable)
+from kasmina.events import codec
 from kasmina.events import runs as _runs
 from kasmina.events import schema
 from kasmina.events.hashing import event_hash, timestamp_text
@@ -59,6 +61,8 @@ class _Dialect:
                      "ORDER BY e.tx, e.run_id, e.position")
         self.feed_head = (f"SELECT e.tx, e.run_id, e.position FROM kasmina_events e WHERE 1 = 1{fence} "
                           "ORDER BY e.tx DESC, e.run_id DESC, e.position DESC LIMIT 1")
+        #: The last SQLite timestamp parsed, and what it parsed to (replaced whole: no lock).
+        self._last_at: tuple[str, datetime] = ("", datetime.min)
 
     def streaming_cursor(self, connection: Any) -> Any:
         """A server-side cursor on Postgres (rows arrive in chunks); SQLite steps natively."""
@@ -70,10 +74,15 @@ class _Dialect:
 
     def decode(self, row: Any) -> RecordedEvent:
         pos, stream, version, etype, payload, schema_v, command_id, at, h, prev = row
-        if isinstance(payload, str):
-            payload = json.loads(payload)
-        if isinstance(at, str):  # SQLite: UTC text
-            at = datetime.fromisoformat(at).replace(tzinfo=timezone.utc)
+        if isinstance(payload, str):  # SQLite: text (Postgres' jsonb comes decoded, by codec.loads too)
+            payload = codec.loads(payload)
+        if isinstance(at, str):  # SQLite: UTC text, the same for every event of one append
+            last_text, last_at = self._last_at
+            if at == last_text:
+                at = last_at
+            else:
+                parsed = datetime.fromisoformat(at).replace(tzinfo=timezone.utc)
+                self._last_at, at = (at, parsed), parsed
         elif at.tzinfo is None:
             at = at.replace(tzinfo=timezone.utc)
         return RecordedEvent(pos, stream, version, etype, payload, schema_v, command_id, at, h, prev)
@@ -135,6 +144,9 @@ class _Statements(_Dialect):
 
 
 _CURSOR_IDS = itertools.count(1)
+#: A read row's schema version (column 5 of _Dialect._SELECT), and the set all-current rows give.
+_SCHEMA_OF = operator.itemgetter(5)
+_CURRENT_ONLY = {CURRENT_SCHEMA}
 #: SQLSTATE for "permission denied" (a missing privilege or a row-level security refusal).
 _INSUFFICIENT_PRIVILEGE = "42501"
 _REORDER_MARGIN = timedelta(minutes=1)
@@ -247,11 +259,12 @@ class SQLEventStore(EventStore):
                  raw: bool = False) -> Generator[FeedEvent, None, None]:
         sql = self._dialect.feed + ("" if limit is None else f" LIMIT {int(limit)}")
         decode = self._dialect.decode
-        for row in self._stream(sql, tuple(after)):
-            record = decode(row[3:])
-            if not raw and record.schema_version != CURRENT_SCHEMA:
-                record = record.upcast()
-            yield FeedEvent(FeedPosition(int(row[0]), int(row[1]), record.position), row[2], record)
+        for rows in self._chunks(sql, tuple(after)):
+            for row in rows:
+                record = decode(row[3:])
+                if not raw and record.schema_version != CURRENT_SCHEMA:
+                    record = record.upcast()
+                yield FeedEvent(FeedPosition(int(row[0]), int(row[1]), record.position), row[2], record)
 
     def feed_head(self) -> FeedPosition:
         with self._read("feed head") as conn:
@@ -444,12 +457,17 @@ class SQLEventStore(EventStore):
         """Stream events in position order, a chunk per round trip, on the driver's cursor."""
         sql, params = self._sql.read(stream_id=stream_id, after=after, upto=upto, after_version=after_version)
         decode = self._sql.decode
-        current = CURRENT_SCHEMA
-        for row in self._stream(sql, params):
-            record = decode(row)
-            yield record if raw or record.schema_version == current else record.upcast()
+        for rows in self._chunks(sql, params):
+            # One generator, not one per row source: replay's cost per event is decoding
+            # it, and each layer around that adds to it. Records are made one at a time
+            # (a chunk's worth alive at once would wake the garbage collector over and over).
+            if raw or set(map(_SCHEMA_OF, rows)) == _CURRENT_ONLY:
+                yield from map(decode, rows)
+            else:
+                for row in rows:
+                    yield decode(row).upcast()
 
-    def _stream(self, sql: str, params: tuple[Any, ...]) -> Generator[Any, None, None]:
+    def _chunks(self, sql: str, params: tuple[Any, ...]) -> Generator[list[Any], None, None]:
         """Rows of one query, a chunk per round trip, on a connection of their own."""
         with self._errors("read"):
             connection = self.engine.raw_connection()
@@ -463,7 +481,7 @@ class SQLEventStore(EventStore):
                     rows = cursor.fetchmany(READ_CHUNK)
                 if not rows:
                     break
-                yield from rows
+                yield rows
         finally:
             try:
                 if cursor is not None:

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 
 from kasmina.errors import BadDatabaseURL, DatabaseNotFound
+from kasmina.events import codec
 from kasmina.events.sql import SQLEventStore
 from kasmina.events.urls import ParsedURL
 
@@ -36,7 +37,7 @@ def make_engine(parsed: ParsedURL, *, create: bool, synchronous: str = "FULL") -
     if not os.path.isdir(parent):
         raise DatabaseNotFound(f"folder {parent!r} for the database file does not exist")
     assert parsed.url is not None
-    engine = create_engine(parsed.url)
+    engine = create_engine(parsed.url, json_deserializer=codec.loads)  # snapshots, run configs
     mode = synchronous.upper()
 
     @event.listens_for(engine, "connect")
