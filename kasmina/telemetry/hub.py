@@ -49,14 +49,18 @@ class Telemetry:
 
     @classmethod
     def from_spec(cls, spec: Telemetry | str | None) -> Telemetry:
-        """``None`` or ``"memory"``: in memory; ``"redis://..."``: Redis Streams; or a Telemetry."""
+        """``None`` or ``"memory"``: in memory; ``"redis://..."``: Redis Streams;
+        ``"prometheus://HOST[:PORT]"``: a ``/metrics`` endpoint (the ``prometheus`` extra); or a Telemetry."""
         if isinstance(spec, Telemetry):
             return spec
         if spec is None or spec in ("memory", "memory://"):
             return cls()
         if isinstance(spec, str) and spec.startswith(("redis://", "rediss://", "unix://")):
             return cls(RedisSink(spec))
-        raise ValueError(f"telemetry must be None, 'memory', a redis:// URL or a Telemetry, got {spec!r}")
+        if isinstance(spec, str) and spec.startswith("prometheus://"):
+            return cls(_prometheus_sink(spec))
+        raise ValueError(f"telemetry must be None, 'memory', a redis:// or prometheus:// URL or a Telemetry, "
+                         f"got {spec!r}")
 
     @property
     def counters(self) -> dict[str, int]:
@@ -149,6 +153,14 @@ def _event(event: Any) -> leyline.TelemetryEvent:
         attributes["position"] = str(event.position)
     return leyline.TelemetryEvent(event_id=f"{event.type}:{getattr(event, 'position', '')}",
                                   description=event.type, level=level_of(event.type, data), attributes=attributes)
+
+
+def _prometheus_sink(url: str) -> Sink:
+    try:
+        from kasmina.integrations.prometheus import PrometheusSink
+    except ImportError as e:
+        raise ValueError(f"telemetry {url!r} needs prometheus_client: pip install 'kasmina[prometheus]' ({e})") from e
+    return PrometheusSink.from_url(url)
 
 
 def _now() -> Timestamp:
