@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("verify", parents=[common, every], help="check the hash chain and replay every transition")
     sub.add_parser("runs", parents=[common], help="every run in the log: status, steps, seeds by stage, culls, events")
+    sub.add_parser("status", parents=[common],
+                   help="every site at a glance, from the log: host, seed, stage, alpha, blend, parameters, "
+                        "contribution")
 
     sub.add_parser("blueprints", parents=[output],
                    help="the catalogue's blueprints: site kinds they fit, parameters, default blend, checksum")
@@ -205,6 +208,8 @@ def _dispatch(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[..., N
         return data, render.verify, 0 if data["ok"] else EXIT_VERIFY_FAILED
     if args.command == "runs":
         return commands.runs(url), render.runs, 0
+    if args.command == "status":
+        return commands.status(url, args.run), render.status, 0
     if args.command == "bench":
         return _bench(args)
     if args.command == "telemetry":

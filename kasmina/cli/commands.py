@@ -188,6 +188,14 @@ def runs(url: str) -> dict[str, Any]:
     return {"database": redact(url), "runs": rows}
 
 
+def status(url: str, run: str | None = None) -> dict[str, Any]:
+    """Every site of the run at the newest step its log records (what ``ex.status()`` shows live)."""
+    from kasmina.status import log_status
+
+    with _open(url, run) as store:
+        return {"database": redact(url), **log_status(store).to_dict()}
+
+
 def _query(store: EventStore, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
     """Rows of a read-only query. ``params`` given: Kasmina's own SQL with bound parameters;
     none: a user's query, passed to the driver as written (a ``:word`` or ``%`` in it is

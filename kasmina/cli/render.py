@@ -130,6 +130,16 @@ def runs(out: Console, data: dict[str, Any]) -> None:
                      rows))
 
 
+def status(out: Console, data: dict[str, Any]) -> None:
+    from kasmina.status import HEADERS, Status
+
+    found = Status.from_dict(data)
+    empty = "; no command has reached a site yet" if not found.sites else ""
+    out.print(f"{data['database']}: {found.title()}{empty}", markup=False, highlight=False, soft_wrap=True)
+    if found.sites:
+        out.print(_table("sites", list(HEADERS), found.rows()))
+
+
 def db(out: Console, data: dict[str, Any]) -> None:
     if "statements" in data:  # grant / revoke: what ran, then what the role now is
         for statement in data["statements"]:

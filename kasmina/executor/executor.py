@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import closing, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -42,6 +42,7 @@ from kasmina.executor.isolation import IsolationMonitor, shared_parameters
 from kasmina.executor.measure import MetricPolicy, SiteRuntime, measure
 from kasmina.executor.runlog import RunLog
 from kasmina.executor.site import STATS_EVERY, SeedSite, SiteMode, inject, module_placement
+from kasmina.executor.status import SeedView, seed_view, site_hosts, trainable_parameters
 from kasmina.kernels.blend import BlenderConfig, BlendMode
 from kasmina.lifecycle.schedule import AlphaSchedule
 from kasmina.ledger import Ledger, Outcome
@@ -55,6 +56,7 @@ from kasmina.lifecycle.state import SeedState
 from kasmina.rebuild import replay_seed
 from kasmina.security import REASON_MESSAGES, Keyring, Verifier
 from kasmina.security.verify import RUN_ANNOTATION, WRONG_RUN
+from kasmina.status import recorded_step, sites_fact
 from kasmina.telemetry import Metric, Telemetry
 
 SeedOp = leyline.SeedOperation
@@ -101,21 +103,6 @@ class Result:
     reason: str
     detail: str = ""
     positions: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SeedView:
-    """A read-only look at one site (``Executor.seed``)."""
-
-    seed_id: str
-    stage: str
-    alpha: float
-    blend_mode: str
-    generation: int
-    blueprint_id: str | None
-    paused: bool
-    trainable_parameters: int
-    prewarm_ms: float | None
 
 
 class Executor:
@@ -188,26 +175,21 @@ class Executor:
         self._rebuild_nonces()
         for name in self.sites:
             self._reconcile(name)
+        self._register_sites()
 
     # -- opening and closing --------------------------------------------------------------
     def _restored_step(self) -> int:
-        """The training step to continue from: the last one any event recorded.
+        """The training step to continue from: the last one any event recorded (a clean
+        ``close()`` and every checkpoint record it; after a crash, the newest step any
+        seed's or the executor's event wrote)."""
+        return recorded_step(self.store, self.ledger.seeds.values())
 
-        A clean ``close()`` and every checkpoint record it; after a crash the newest step
-        written by any seed (a transition, a kernel attached, a baseline, a pause) or on
-        the executor stream is the best the log knows.
-        """
-        steps = [0]
-        for event in self.store.read(stream_id=ev.EXECUTOR_STREAM):
-            if isinstance(event.data.get("step"), int):
-                steps.append(int(event.data["step"]))
-        for state in self.ledger.seeds.values():
-            steps.append(state.stage_entered_step)
-            with closing(self.store.read(after=state.position - 1, upto=state.position)) as last:
-                for event in last:
-                    if isinstance(event.data.get("step"), int):
-                        steps.append(event.data["step"])
-        return max(steps)
+    def _register_sites(self) -> None:
+        """Record the sites and their host types where the log does not list them (``kasmina status``)."""
+        if self.leader:
+            fact = sites_fact(self.store, site_hosts(self.sites), self._step)
+            if fact is not None:
+                self.ledger.note(ev.EXECUTOR_STREAM, [fact])
 
     def _rebuild_nonces(self) -> None:
         """Commands seen within the nonce window stay refused after a restart."""
@@ -300,6 +282,7 @@ class Executor:
         self.leader = True
         self.ledger.written = max(self.ledger.written, self.ledger.position)
         self._rebuild_nonces()
+        self._register_sites()
         for name in self.sites:
             runtime = self._runtime.get(name)
             facts = runtime.facts.pop("unrecorded", None) if runtime is not None else None
@@ -327,16 +310,16 @@ class Executor:
         return self.ledger.state(seed_id)
 
     def seed(self, seed_id: str) -> SeedView:
-        site = self._site(seed_id)
-        state = self.ledger.state(seed_id)
-        runtime = self._runtime.get(seed_id)
-        mode = (state.blend or {}).get("mode") or BlendMode.CONVEX.value
-        trainable = sum(p.numel() for p in site.seed.parameters() if p.requires_grad) if site.seed is not None else 0
-        return SeedView(seed_id, state.stage.name, alpha_for(state, self._step), str(mode), state.generation,
-                        state.blueprint_id, state.paused, trainable, runtime.prewarm_ms if runtime else None)
+        return seed_view(self, seed_id)
 
     def seeds(self) -> list[SeedView]:
         return [self.seed(name) for name in self.sites]
+
+    def status(self) -> Any:
+        """One row per site, live (``print(ex.status())`` is a table; ``kasmina status`` reads the same from the log)."""
+        from kasmina.executor.status import live_status
+
+        return live_status(self)
 
     def _site(self, seed_id: str) -> SeedSite:
         try:
@@ -757,7 +740,8 @@ class Executor:
             "checksum": fetched.checksum, "fetch_ms": round(fetched.latency_ms, 4), "cache_hit": fetched.cache_hit,
             "fallback_used": fetched.fallback_used, "fallback_reason": fetched.reason,
             "prewarm_ms": runtime.prewarm_ms, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "site_shapes": site.probe.to_dict() if site.probe is not None else None, "step": self._step})]
+            "site_shapes": site.probe.to_dict() if site.probe is not None else None,
+            "trainable_parameters": trainable_parameters(site), "step": self._step})]
         if runtime.violations:
             runtime.facts["violation_recorded"] = True
             facts.append(ev.Event(ev.ISOLATION_VIOLATION, {"count": runtime.violations, "step": self._step,

@@ -36,6 +36,9 @@ BREAKER_FORCED = "breaker_forced"
 CHECKPOINT_SAVED = "checkpoint_saved"
 #: A fact the training loop itself records on the executor stream (``Executor.note``).
 RUN_NOTE = "run_note"
+#: The executor's sites and their host layer types, when a leader opens with sites the log
+#: does not list yet (``kasmina status`` shows a site nothing has grown in from it).
+SITES_REGISTERED = "sites_registered"
 
 #: Stream that holds executor-wide events (refusals, breaker commands): never a site name.
 EXECUTOR_STREAM = "$executor"
