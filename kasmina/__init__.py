@@ -8,6 +8,7 @@ tools stay light)::
     kasmina.sign(cmd, b"...")
     ex.handle(cmd); ...; ex.step(metrics={"val_loss": 0.42})
     state = kasmina.replay("sqlite:///run.db")
+    plain = kasmina.export(ex, probe_batch)   # the grown model as a plain nn.Module (ex.export())
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from kasmina.catalogue import Blueprint, Catalogue
     from kasmina.events import EventStore
     from kasmina.executor import Executor, MetricPolicy, Result, SeedView
+    from kasmina.executor.export import ExportReport, export
     from kasmina.kernels import BlenderConfig, BlendMode
     from kasmina.rebuild import ReplayResult
     from kasmina.security import Keyring, sign
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "Executor": "kasmina.executor", "MetricPolicy": "kasmina.executor", "Result": "kasmina.executor",
     "SeedView": "kasmina.executor",
+    # export(ex or model, probe, merge=, drop_unfinished=, report=): the grown model as plain torch
+    "export": "kasmina.executor.export", "ExportReport": "kasmina.executor.export",
     "BlendMode": "kasmina.kernels", "BlenderConfig": "kasmina.kernels",
     "Blueprint": "kasmina.catalogue", "Catalogue": "kasmina.catalogue",
     "Keyring": "kasmina.security", "sign": "kasmina.security",
@@ -40,8 +44,8 @@ _LAZY = {
 _MODULES = {"commands", "kernels", "leyline", "security", "catalogue", "events", "lifecycle"}
 
 __all__ = ["Executor", "MetricPolicy", "Result", "SeedView", "BlendMode", "BlenderConfig", "Blueprint", "Catalogue",
-           "EventStore", "Gate", "KasminaError", "Keyring", "Stage", "commands", "kernels", "leyline",
-           "replay", "sign"]
+           "EventStore", "ExportReport", "Gate", "KasminaError", "Keyring", "Stage", "commands", "export", "kernels",
+           "leyline", "replay", "sign"]
 
 
 def replay(db: str | EventStore, *, to_position: int | None = None, run: str | None = None) -> ReplayResult:

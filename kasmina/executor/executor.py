@@ -22,7 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 from google.protobuf.message import DecodeError
@@ -58,6 +58,9 @@ from kasmina.security import REASON_MESSAGES, Keyring, Verifier
 from kasmina.security.verify import RUN_ANNOTATION, WRONG_RUN
 from kasmina.status import recorded_step, sites_fact
 from kasmina.telemetry import Metric, Telemetry
+
+if TYPE_CHECKING:
+    from kasmina.executor.export import ExportReport
 
 SeedOp = leyline.SeedOperation
 #: Controller operations that ask a seed to move on now (gates still apply).
@@ -176,6 +179,8 @@ class Executor:
         for name in self.sites:
             self._reconcile(name)
         self._register_sites()
+        #: What the last :meth:`export` did at each site, and how close its output came.
+        self.last_export: ExportReport | None = None
 
     # -- opening and closing --------------------------------------------------------------
     def _restored_step(self) -> int:
@@ -197,6 +202,10 @@ class Executor:
         now = time.time()
         ids = self.store.command_ids_since(datetime.now(timezone.utc) - window)
         self.verifier.ledger.load((command_id, now) for command_id in ids)
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_closed", False)
 
     def close(self) -> None:
         """Record the step reached (so alpha resumes exactly), remove hooks, close the log."""
@@ -320,6 +329,13 @@ class Executor:
         from kasmina.executor.status import live_status
 
         return live_status(self)
+
+    # -- leaving the tool -----------------------------------------------------------------
+    def export(self, probe: Any = None, *, merge: bool = True, drop_unfinished: bool = False) -> nn.Module:
+        """The grown model as a plain ``nn.Module``, no Kasmina class left in it (kasmina/executor/export.py)."""
+        from kasmina.executor.export import export
+
+        return export(self, probe, merge=merge, drop_unfinished=drop_unfinished)
 
     def _site(self, seed_id: str) -> SeedSite:
         try:
