@@ -82,6 +82,35 @@ def test_restore_brings_back_host_seeds_and_optimizer_state_by_seed_id(db: str, 
         ex2.close()
 
 
+def test_after_restore_a_seed_still_follows_its_host_groups_schedule(db: str, tmp_path: Path) -> None:
+    """Found by the trainer integrations: ``optimizer.load_state_dict`` replaces every group
+    dict, and the seeds went on following the old ones, so their learning rate froze."""
+    def open_scheduled() -> tuple[Net, torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR, kasmina.Executor]:
+        torch.manual_seed(0)
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return model, opt, scheduler, kasmina.Executor(model, sites=SITES, db=db, secret=SECRET,
+                                                       catalogue=_catalogue(), optimizer=opt, scheduler=scheduler)
+
+    _, _, _, ex = open_scheduled()
+    germinate(ex, "classifier.1", "bottleneck_mlp")
+    ex.checkpoint(tmp_path / "ckpt")
+    ex.close()
+    model, opt, scheduler, ex = open_scheduled()
+    try:
+        ex.restore()
+        for _ in range(3):
+            model(torch.randn(2, 1, 6, 6)).sum().backward()
+            opt.step()
+            scheduler.step()
+            ex.step()
+        host = opt.param_groups[0]["lr"]
+        assert host == 0.125 and seed_group(opt, "classifier.1")["lr"] == host
+    finally:
+        ex.close()
+
+
 def test_a_seed_grafted_after_the_checkpoint_keeps_its_initial_weights(db: str, tmp_path: Path) -> None:
     model, opt, ex = open_run(db)
     germinate(ex, "features.2")

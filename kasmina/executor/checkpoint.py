@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from kasmina.errors import KasminaError
+from kasmina.executor import optim
 from kasmina.events import EventStore
 from kasmina.lifecycle import events as ev
 
@@ -244,4 +245,6 @@ def restore(executor: Executor, checkpoint: Checkpoint) -> Restored:
             result.seeds_fresh.append(name)
     if executor.optimizer is not None and blob.get("optimizer") is not None:
         result.skipped = _load_optimizer_state(executor.optimizer, blob["optimizer"], fresh)
+        optim.rebind_host_groups(executor.optimizer, executor._host_groups,
+                                 {name: site.base_layer for name, site in executor.sites.items()})
     return result

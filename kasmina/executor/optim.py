@@ -15,7 +15,7 @@ each seed group, a copy of its host group's, and lose it when the seed leaves.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +85,19 @@ def remove_seed_groups(optimizer: torch.optim.Optimizer, seed_id: str, scheduler
             del optimizer.state[p]
         # By position: list.remove would compare groups with ==, i.e. tensors elementwise.
         del optimizer.param_groups[index]
+
+
+def rebind_host_groups(optimizer: torch.optim.Optimizer, sources: dict[str, dict[str, Any]],
+                       layers: Mapping[str, nn.Module]) -> None:
+    """Point each seed's source at its host layer's group again, after
+    ``optimizer.load_state_dict`` replaced every group dict (else a seed follows a group the
+    schedulers no longer step, and keeps its learning rate forever)."""
+    for seed_id in list(sources):
+        source = host_group(optimizer, layers[seed_id])
+        if source is None:
+            del sources[seed_id]
+        else:
+            sources[seed_id] = source
 
 
 def follow_host_groups(optimizer: torch.optim.Optimizer, sources: dict[str, dict[str, Any]]) -> None:
