@@ -279,13 +279,13 @@ def test_the_static_curve_noted_in_the_log_is_thinned_but_keeps_its_ends() -> No
 def test_catch_up_marks_never_step_back_for_a_late_recorded_fact() -> None:
     """Found in review: a kernel_attached that lead() recorded late carries an old step; taken
     as is, it let a second resume fold every later decision at that old step at once."""
-    from kasmina.demo.run import _CatchUp
+    from kasmina.executor.catchup import CatchUp
     from kasmina.events import LogView, open_store
     from kasmina.events.store import NewEvent
 
     with open_store("memory://") as store:
         for step in (5, 7, 5, 8):  # the third: a fact recorded late with the step it happened at
             store.append("s", [NewEvent("run_note", {"kind": "x", "step": step})])
-        catch_up = _CatchUp(store, LogView(store, 1), 1)
+        catch_up = CatchUp(store, LogView(store, 1), 1)
         assert [s for _, s in catch_up.marks] == [7, 7, 8]
         assert catch_up.last_step == 8

@@ -74,7 +74,7 @@ README = ROOT / "README.md"
 DOC_FILES: list[Path] = [*sorted((ROOT / "docs").glob("*.md")), README]
 #: Pages that must be found; if the glob misses them, the harness is broken, not the docs.
 SHIPPED = ("architecture.md", "lifecycle.md", "blending.md", "runbook.md", "audit.md", "postgres.md",
-           "event-log.md", "executor.md", "telemetry.md", "benchmarks.md")
+           "event-log.md", "executor.md", "telemetry.md", "benchmarks.md", "integrations.md")
 
 TAGS = frozenset({"python", "console", "sql", "text"})
 README_ONLY_TAGS = frozenset({"sh"})

@@ -38,6 +38,7 @@ from kasmina.errors import KasminaError
 from kasmina.events import DEFAULT_RUN, EventStore, migrate, parse
 from kasmina.events.runs import resolve as resolve_run
 from kasmina.events.urls import redact
+from kasmina.executor.catchup import CatchUp
 from kasmina.lifecycle import events as ev
 
 DEMO_STARTED = "demo_started"
@@ -243,42 +244,6 @@ class _Loop:
         self.history[name]["value"].append(round(value, 6))
 
 
-class _CatchUp:
-    """Re-executing the steps a kill lost, under the decisions the log already holds for them.
-
-    The executor is a follower over a :class:`~kasmina.events.LogView` clipped at the
-    checkpoint; before each step the view moves to the last event recorded at or before
-    that step and the executor folds it (``sync``), exactly when the killed run made it.
-    """
-
-    def __init__(self, store: EventStore, view: Any, after: int) -> None:
-        self.view = view
-        self.marks: list[tuple[int, int]] = []  # (position, step), steps inherited forward
-        step = 0
-        for event in store.read(after=after):
-            given = event.data.get("step")
-            # Monotone: a fact recorded late (a kernel_attached that lead() held back) carries
-            # the step it happened at, but must not pull later positions back with it.
-            step = max(step, given) if isinstance(given, int) else step
-            self.marks.append((event.position, step))
-        self.head = self.marks[-1][0] if self.marks else after
-        self.last_step = max((s for _, s in self.marks), default=0)
-
-    def fold(self, ex: Any) -> None:
-        upto = max((p for p, s in self.marks if s <= ex.step_count), default=self.view.limit)
-        if upto > self.view.limit:
-            self.view.advance(upto)
-            ex.sync()
-
-    def done(self, ex: Any) -> bool:
-        return self.view.limit >= self.head and ex.step_count >= self.last_step
-
-    def finish(self, ex: Any) -> None:
-        self.view.release()
-        ex.sync()  # anything recorded past the last mark (nothing, unless the log grew meanwhile)
-        ex.lead()
-
-
 def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable[[str], None] | None = None,
         given: frozenset[str] | None = None) -> DemoReport:
     """Run (or continue, or re-report) the demo described by ``options``.
@@ -332,7 +297,7 @@ def run(options: DemoOptions, *, progress: Progress | None = None, say: Callable
             from kasmina.events import LogView
 
             view = LogView(store, found.position)
-            catch_up = _CatchUp(store, view, found.position)
+            catch_up = CatchUp(store, view, found.position)
             ex = _executor(task, options, host, optimizer, view, secret, data, role="follower")
         else:
             ex = _executor(task, options, host, optimizer, store, secret, data, role="leader")
@@ -448,7 +413,7 @@ def _pretrain(task: DemoTask, host: torch.nn.Module, optimizer: torch.optim.Opti
 
 
 def _train(task: DemoTask, ex: Any, host: torch.nn.Module, optimizer: torch.optim.Optimizer, loop: _Loop,
-           data: Any, options: DemoOptions, secret: bytes, catch_up: _CatchUp | None, progress: Progress | None,
+           data: Any, options: DemoOptions, secret: bytes, catch_up: CatchUp | None, progress: Progress | None,
            tell: Callable[[str], None]) -> str | None:
     """The steps with seeds, up to ``options.steps``; returns the last checkpoint written."""
     from kasmina.demo.controller import ScriptedController
