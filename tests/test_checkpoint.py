@@ -111,6 +111,27 @@ def test_after_restore_a_seed_still_follows_its_host_groups_schedule(db: str, tm
         ex.close()
 
 
+def test_restore_brings_back_the_gates_windows(db: str, tmp_path: Path) -> None:
+    """Found by the trainer integrations: a checkpoint kept no isolation-monitor window and
+    no reported metric, so a gate whose window spanned it read a different run."""
+    model, opt, ex = open_run(db)
+    germinate(ex, "features.2")
+    train(model, opt, ex, 3, val_loss=0.75)
+    assert ex.seed("features.2").stage == "TRAINING"
+    window = ex._runtime["features.2"].monitor.grad_sq.clone()
+    assert float(window.sum()) > 0
+    ex.checkpoint(tmp_path / "ckpt")
+    ex.close()
+    model2, opt2, ex2 = open_run(db)
+    try:
+        assert not torch.equal(ex2._runtime["features.2"].monitor.grad_sq, window)  # empty before
+        ex2.restore()
+        assert torch.equal(ex2._runtime["features.2"].monitor.grad_sq, window)
+        assert ex2._metrics["val_loss"] == 0.75 and isinstance(ex2._metrics["loss"], float)
+    finally:
+        ex2.close()
+
+
 def test_a_seed_grafted_after_the_checkpoint_keeps_its_initial_weights(db: str, tmp_path: Path) -> None:
     model, opt, ex = open_run(db)
     germinate(ex, "features.2")

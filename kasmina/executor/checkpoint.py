@@ -161,6 +161,7 @@ def save(executor: Executor, directory: str | Path, *, extra: Mapping[str, Any] 
             seeds[name] = {"generation": state.generation, "weights": site.seed.state_dict()}
     blob = {"format": FORMAT, "step": step, "host": _host_state(executor.model, executor.sites), "seeds": seeds,
             "optimizer": _optimizer_state(executor.optimizer) if executor.optimizer is not None else None,
+            "monitors": monitor_state(executor), "metrics": {k: float(v) for k, v in executor._metrics.items()},
             "extra": dict(extra or {})}
     buffer = io.BytesIO()
     torch.save(blob, buffer)
@@ -247,4 +248,21 @@ def restore(executor: Executor, checkpoint: Checkpoint) -> Restored:
         result.skipped = _load_optimizer_state(executor.optimizer, blob["optimizer"], fresh)
         optim.rebind_host_groups(executor.optimizer, executor._host_groups,
                                  {name: site.base_layer for name, site in executor.sites.items()})
+    # The gates' windows: a G2 whose window spans the checkpoint reads what the run had seen
+    # (checkpoints written before these were kept have neither: the windows start empty).
+    load_monitor_state(executor, blob.get("monitors") or {})
+    executor._metrics.update(blob.get("metrics") or {})
     return result
+
+
+def monitor_state(executor: Executor) -> dict[str, torch.Tensor]:
+    """Each live seed's isolation-monitor window (its summed squared gradients so far)."""
+    return {name: runtime.monitor.grad_sq.detach().cpu().clone() for name, runtime in executor._runtime.items()
+            if runtime.monitor is not None}
+
+
+def load_monitor_state(executor: Executor, saved: Mapping[str, torch.Tensor]) -> None:
+    for name, value in saved.items():
+        runtime = executor._runtime.get(name)
+        if runtime is not None and runtime.monitor is not None:
+            runtime.monitor.grad_sq.copy_(value)

@@ -480,7 +480,8 @@ def seed_state(ex: Executor) -> dict[str, Any]:
     optimizer = ex.optimizer
     groups = {k: v for k, v in checkpoints._optimizer_state(optimizer).items() if k.startswith("seed:")} \
         if optimizer is not None else {}
-    return {"seeds": seeds, "optimizer": groups, "schedulers": _scheduler_entries(ex), "monitors": _monitors(ex)}
+    return {"seeds": seeds, "optimizer": groups, "schedulers": _scheduler_entries(ex),
+            "monitors": checkpoints.monitor_state(ex)}
 
 
 def restore_seeds(ex: Executor, state: Mapping[str, Any]) -> None:
@@ -499,7 +500,7 @@ def restore_seeds(ex: Executor, state: Mapping[str, Any]) -> None:
         checkpoints._load_optimizer_state(ex.optimizer, state["optimizer"], set())
         optim.rebind_host_groups(ex.optimizer, ex._host_groups, {n: site.base_layer for n, site in ex.sites.items()})
     _load_scheduler_entries(ex, state["schedulers"])
-    _load_monitors(ex, state["monitors"])
+    checkpoints.load_monitor_state(ex, state["monitors"])
 
 
 def _seed_indices(optimizer: torch.optim.Optimizer) -> dict[str, int]:
@@ -548,18 +549,6 @@ def _adopt_seeds(ex: Executor) -> None:
         source = optim.add_seed_group(optimizer, name, site.seed.parameters(), site.base_layer, ex.schedulers)
         if source is not None:
             ex._host_groups[name] = source
-
-
-def _monitors(ex: Executor) -> dict[str, Tensor]:
-    return {name: runtime.monitor.grad_sq.detach().cpu().clone() for name, runtime in ex._runtime.items()
-            if runtime.monitor is not None}
-
-
-def _load_monitors(ex: Executor, saved: Mapping[str, Tensor]) -> None:
-    for name, value in saved.items():
-        runtime = ex._runtime.get(name)
-        if runtime is not None and runtime.monitor is not None:
-            runtime.monitor.grad_sq.copy_(value)
 
 
 # -- the host's part: a trainer checkpoint without the seeds ------------------------------------
