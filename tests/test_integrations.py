@@ -55,6 +55,13 @@ EVERY = 4  # checkpoint interval: Lightning's epochs are 4 batches, so each chec
 STALL = 9  # one past the checkpoint of step 8; the second seed is germinated at step 9
 
 
+def policy(name: str) -> kasmina.MetricPolicy:
+    """G4 on ``name`` with room for random-label noise, and a kernel-fetch budget (G2) a loaded
+    CI machine cannot overrun: these tests are about the trainers, not those gates (a 10 ms
+    budget culled a seed once when two test runs shared the 2 cores)."""
+    return kasmina.MetricPolicy(name=name, tolerance=0.5, latency_budget_ms=10_000.0)
+
+
 # -- Lightning --------------------------------------------------------------------------------
 class Regressor(pl.LightningModule):
     """A small MLP on a fixed regression task, AdamW with a per-step learning-rate schedule."""
@@ -120,7 +127,7 @@ class Stall(pl.Callback):
 def lightning_callback(folder: Path, **kwargs: Any) -> KasminaCallback:
     return KasminaCallback(["net.0", "net.2"], db=f"sqlite:///{folder / 'run.db'}", secret=SECRET,
                            controller=plan(("net.0", "net.2"), ("lora", "zero_linear")),
-                           metric=kasmina.MetricPolicy(name="train_loss", tolerance=0.5), probe=probe,
+                           metric=policy("train_loss"), probe=probe,
                            loss_fn=F.mse_loss, **kwargs)
 
 
@@ -188,7 +195,7 @@ HF_SITES = ("transformer.h.0.mlp.c_fc", "transformer.h.0.attn.c_proj")
 def hf_callback(folder: Path) -> KasminaTrainerCallback:
     return KasminaTrainerCallback(list(HF_SITES), db=f"sqlite:///{folder / 'run.db'}", secret=SECRET,
                                   controller=plan(HF_SITES, ("lora", "zero_linear")),
-                                  metric=kasmina.MetricPolicy(name="loss", tolerance=0.5))
+                                  metric=policy("loss"))
 
 
 def train_hf(folder: Path, *, stall: int | None = None, resume: str | None = None,
@@ -350,7 +357,7 @@ def test_lightning_takes_an_executor_given_and_steps_once_per_optimizer_step(tmp
     url = f"sqlite:///{tmp_path / 'given.db'}"
     model = Regressor()
     ex = kasmina.Executor(model.net, sites=["0"], db=url, secret=SECRET, probe=probe, loss_fn=F.mse_loss,
-                          metric=kasmina.MetricPolicy(name="train_loss", tolerance=0.5))
+                          metric=policy("train_loss"))
     assert ex.handle(sign(commands.germinate("0", "lora", parameters=FAST), SECRET)).accepted
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=EVERY, save_top_k=-1,
                                                filename="{step}")

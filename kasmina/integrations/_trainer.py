@@ -368,6 +368,22 @@ class Session:
         return self._built()
 
 
+class SessionCallback:
+    """What both callbacks show of their session: the executor and the controller's results."""
+
+    session: Session
+
+    @property
+    def executor(self) -> Executor | None:
+        """The executor, once the trainer has handed over the model (or the one given)."""
+        return self.session.executor
+
+    @property
+    def results(self) -> list[Result]:
+        """The controller's results at the last step it issued commands."""
+        return self.session.results
+
+
 def _check_arguments(executor: Any, controller: Any, sites: Any, db: Any, secret: Any, run: Any, metric: Any,
                      options: Mapping[str, Any]) -> None:
     """A callback's arguments, each problem in one line: an executor or a recipe, not both."""

@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from kasmina.errors import KasminaError
-from kasmina.executor import Executor, MetricPolicy, Result
+from kasmina.executor import Executor, MetricPolicy
 from kasmina.executor.checkpoint import _write_atomically
-from kasmina.integrations._trainer import Controller, Session, strip_optimizer_state, strip_scheduler_state
+from kasmina.integrations._trainer import (Controller, Session, SessionCallback, strip_optimizer_state,
+                                           strip_scheduler_state)
 
 __all__ = ["KasminaTrainerCallback", "STATE_FILE"]
 
@@ -49,7 +50,7 @@ STATE_FILE = "kasmina.pt"
 _OPTIMIZER, _SCHEDULER = "optimizer.pt", "scheduler.pt"
 
 
-class KasminaTrainerCallback(TrainerCallback):
+class KasminaTrainerCallback(SessionCallback, TrainerCallback):
     """Grows seeds in a ``transformers.Trainer``'s model.
 
     Pass it in ``Trainer(callbacks=[...])`` (``add_callback`` after the ``Trainer`` exists
@@ -70,16 +71,6 @@ class KasminaTrainerCallback(TrainerCallback):
                                default_metric=MetricPolicy(name="eval_loss"))
         self._grafted_early = False
         self._hook: Any = None
-
-    @property
-    def executor(self) -> Executor | None:
-        """The executor, once the ``Trainer`` has handed over the model (or the one given)."""
-        return self.session.executor
-
-    @property
-    def results(self) -> list[Result]:
-        """The controller's results at the last step it issued commands."""
-        return self.session.results
 
     # -- events ---------------------------------------------------------------------------
     def on_init_end(self, args: Args, state: State, control: Control, model: nn.Module | None = None,

@@ -33,15 +33,15 @@ except ImportError:  # pragma: no cover - the standalone package
 import torch
 
 from kasmina.errors import KasminaError
-from kasmina.executor import Executor, MetricPolicy, Result
+from kasmina.executor import Executor, MetricPolicy
 from kasmina.executor import optim
-from kasmina.integrations._trainer import (Controller, Session, strip_model_state, strip_optimizer_state,
-                                           strip_scheduler_state)
+from kasmina.integrations._trainer import (Controller, Session, SessionCallback, strip_model_state,
+                                           strip_optimizer_state, strip_scheduler_state)
 
 __all__ = ["KasminaCallback"]
 
 
-class KasminaCallback(Callback):
+class KasminaCallback(SessionCallback, Callback):
     """Grows seeds in a ``LightningModule`` during ``Trainer.fit``.
 
     Give it ``sites`` (submodule names of the ``LightningModule``), ``db``, ``secret``,
@@ -57,16 +57,6 @@ class KasminaCallback(Callback):
         super().__init__()
         self.session = Session("lightning", executor=executor, controller=controller, sites=sites, db=db,
                                secret=secret, run=run, metric=metric, options=executor_options)
-
-    @property
-    def executor(self) -> Executor | None:
-        """The executor, once ``fit`` has handed over the model (or the one given)."""
-        return self.session.executor
-
-    @property
-    def results(self) -> list[Result]:
-        """The controller's results at the last step it issued commands."""
-        return self.session.results
 
     # -- hooks ----------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
