@@ -42,7 +42,7 @@ from kasmina.executor.isolation import IsolationMonitor, shared_parameters
 from kasmina.executor.measure import MetricPolicy, SiteRuntime, measure
 from kasmina.executor.runlog import RunLog
 from kasmina.executor.site import STATS_EVERY, SeedSite, SiteMode, inject, module_placement
-from kasmina.executor.status import SeedView, seed_view, site_hosts, trainable_parameters
+from kasmina.executor.status import SeedView, live_status, seed_view, site_hosts, trainable_parameters
 from kasmina.kernels.blend import BlenderConfig, BlendMode
 from kasmina.lifecycle.schedule import AlphaSchedule
 from kasmina.ledger import Ledger, Outcome
@@ -56,7 +56,7 @@ from kasmina.lifecycle.state import SeedState
 from kasmina.rebuild import replay_seed
 from kasmina.security import REASON_MESSAGES, Keyring, Verifier
 from kasmina.security.verify import RUN_ANNOTATION, WRONG_RUN
-from kasmina.status import recorded_step, sites_fact
+from kasmina.status import Status, recorded_step, sites_fact
 from kasmina.telemetry import Metric, Telemetry
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class Executor:
 
     def close(self) -> None:
         """Record the step reached (so alpha resumes exactly), remove hooks, close the log."""
-        if getattr(self, "_closed", False):
+        if self.closed:
             return
         self._closed = True
         for runtime in self._runtime.values():
@@ -324,10 +324,8 @@ class Executor:
     def seeds(self) -> list[SeedView]:
         return [self.seed(name) for name in self.sites]
 
-    def status(self) -> Any:
+    def status(self) -> Status:
         """One row per site, live (``print(ex.status())`` is a table; ``kasmina status`` reads the same from the log)."""
-        from kasmina.executor.status import live_status
-
         return live_status(self)
 
     # -- leaving the tool -----------------------------------------------------------------
