@@ -236,13 +236,6 @@ def inject(model: nn.Module, names: list[str]) -> dict[str, SeedSite]:
     return sites
 
 
-def unload(model: nn.Module, sites: dict[str, SeedSite]) -> None:
-    """Put every ``base_layer`` back: the model is the plain host again."""
-    for name, site in sites.items():
-        parent, child_name, _ = split_name(model, name)
-        setattr(parent, child_name, site.base_layer)
-
-
 def module_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where a site's parameters live (CPU fp32 for a parameter-free module)."""
     for tensor in list(module.parameters()) + list(module.buffers()):
