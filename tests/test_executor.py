@@ -457,3 +457,29 @@ def test_blueprint_parameters_from_the_command_shape_the_seed(setup) -> None:  #
     assert not out_of_bounds.accepted and out_of_bounds.reason == "gate_failed" and "width" in out_of_bounds.detail
     # rank 4 on Linear(64 -> 10): 64*4 + 4 + 4*10 + 10 parameters
     assert narrow == 64 * 4 + 4 + 4 * 10 + 10
+
+
+def test_an_optimizer_made_after_the_executor_is_bound_with_the_seeds_in_groups_of_their_own(
+        tmp_path: Path) -> None:
+    """What a trainer does: it builds its optimizer from ``model.parameters()`` once the seeds
+    are grafted, so a seed's parameters land in a host group until the executor adopts them."""
+    torch.manual_seed(0)
+    model = Net()
+    ex = kasmina.Executor(model, sites=["features.2", "classifier.1"], db=f"sqlite:///{tmp_path / 'run.db'}",
+                          secret=SECRET, catalogue=_catalogue())
+    try:
+        assert ex.handle(signed(commands.germinate("classifier.1", "bottleneck_mlp", parameters=FAST))).accepted
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        ex.bind_optimizer(opt, scheduler)
+        seed_ids = {id(p) for p in ex.sites["classifier.1"].seed.parameters()}
+        (host,) = [g for g in opt.param_groups if "kasmina_seed" not in g]
+        (seed,) = [g for g in opt.param_groups if g.get("kasmina_seed") == "classifier.1"]
+        assert seed_ids.isdisjoint(id(p) for p in host["params"]) and {id(p) for p in seed["params"]} == seed_ids
+        assert len(scheduler.base_lrs) == 2 and ex.schedulers == [scheduler]
+        train(model, opt, ex, 2)
+        scheduler.step()
+        ex.step()
+        assert seed["lr"] == host["lr"] == 0.5
+    finally:
+        ex.close()

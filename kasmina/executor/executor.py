@@ -144,8 +144,7 @@ class Executor:
         self.telemetry = Telemetry.from_spec(telemetry)
         self.optimizer = optimizer
         #: LR schedulers of ``optimizer``: each seed group gets its host group's entry in them.
-        self.schedulers: list[Any] = [] if scheduler is None else (
-            list(scheduler) if isinstance(scheduler, (list, tuple)) else [scheduler])
+        self.schedulers: list[Any] = optim.as_schedulers(scheduler)
         self.run_seed = run_seed
         self.policy = metric if metric is not None else MetricPolicy()
         self._prewarm = prewarm
@@ -223,6 +222,13 @@ class Executor:
         finally:
             self.telemetry.close()
             self._run_log.end(crashed=getattr(self, "_crashed", False))
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+        """Use an optimizer made after the executor (a trainer's): seeds already grafted get
+        groups of their own in it, following their host layer's group and ``scheduler``."""
+        self.optimizer, self.schedulers = optimizer, optim.as_schedulers(scheduler)
+        optim.adopt_seeds(optimizer, {n: (s.seed, s.base_layer) for n, s in self.sites.items() if s.seed is not None},
+                          self._host_groups, self.schedulers)
 
     # -- checkpoints and the run's own facts -----------------------------------------------
     def checkpoint(self, directory: str | Path, *, extra: Mapping[str, Any] | None = None,

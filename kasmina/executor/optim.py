@@ -87,6 +87,28 @@ def remove_seed_groups(optimizer: torch.optim.Optimizer, seed_id: str, scheduler
         del optimizer.param_groups[index]
 
 
+def as_schedulers(scheduler: Any) -> list[Any]:
+    """``None``, one scheduler, or a list or tuple of them, as a list."""
+    return [] if scheduler is None else list(scheduler) if isinstance(scheduler, (list, tuple)) else [scheduler]
+
+
+def adopt_seeds(optimizer: torch.optim.Optimizer, seeds: Mapping[str, tuple[nn.Module, nn.Module]],
+                sources: dict[str, dict[str, Any]], schedulers: Iterable[Any] = ()) -> None:
+    """Give seeds grafted before ``optimizer`` existed (``seeds``: id -> (seed, host layer)) a
+    group of their own, out of whichever host group ``model.parameters()`` put them in."""
+    owned = {g[SEED_KEY] for g in optimizer.param_groups if SEED_KEY in g}
+    schedulers = list(schedulers)
+    for seed_id, (seed, layer) in seeds.items():
+        if seed_id in owned:
+            continue
+        ids = {id(p) for p in seed.parameters()}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        source = add_seed_group(optimizer, seed_id, seed.parameters(), layer, schedulers)
+        if source is not None:
+            sources[seed_id] = source
+
+
 def rebind_host_groups(optimizer: torch.optim.Optimizer, sources: dict[str, dict[str, Any]],
                        layers: Mapping[str, nn.Module]) -> None:
     """Point each seed's source at its host layer's group again, after

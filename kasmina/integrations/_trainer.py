@@ -172,9 +172,7 @@ class Session:
         if ex.optimizer is not None and ex.optimizer is not optimizer:
             raise KasminaError("the executor given holds another optimizer than the trainer's; build it without "
                                "optimizer= and the callback binds the trainer's")
-        ex.optimizer = optimizer
-        ex.schedulers = schedulers
-        _adopt_seeds(ex)
+        ex.bind_optimizer(optimizer, schedulers)
 
     def _begin(self, step: int) -> None:
         ex = self._built()
@@ -545,26 +543,6 @@ def _load_scheduler_entries(ex: Executor, saved: Mapping[str, list[dict[str, Any
                 values = getattr(scheduler, name, None)
                 if isinstance(values, list) and len(values) == groups:
                     values[index] = value
-
-
-# Executor internals a checkpoint must carry that it has no public API for yet
-# (docs/integrations.md says why): the seed groups' link to their host group, which
-# ``Optimizer.load_state_dict`` replaces, and the isolation monitors' running window.
-def _adopt_seeds(ex: Executor) -> None:
-    """Seeds grafted before the trainer's optimizer existed get a group of their own in it,
-    out of whichever host group ``model.parameters()`` put them in."""
-    optimizer = ex.optimizer
-    assert optimizer is not None
-    owned = set(_seed_indices(optimizer))
-    for name, site in ex.sites.items():
-        if site.seed is None or name in owned:
-            continue
-        ids = {id(p) for p in site.seed.parameters()}
-        for group in optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-        source = optim.add_seed_group(optimizer, name, site.seed.parameters(), site.base_layer, ex.schedulers)
-        if source is not None:
-            ex._host_groups[name] = source
 
 
 # -- the host's part: a trainer checkpoint without the seeds ------------------------------------
