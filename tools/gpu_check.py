@@ -12,6 +12,8 @@
    numerical comparison of fused and eager is ``pytest tests/test_fused.py`` (run it too).
 4. ``kasmina demo --device cuda``, short, both tasks: the main job end to end on the GPU (fused
    blends, pre-warm, checkpoints of CUDA tensors), with its seeds and the three contenders.
+5. ``ex.export()`` of a model grown on the GPU: a merged ``lora`` and a kept
+   ``bottleneck_mlp``, the largest output difference on a probe batch (<= 1e-5 in fp32).
 
 Prints one table; exits non-zero if a check fails.
 """
@@ -68,6 +70,44 @@ def demo_on_cuda(task: str) -> str:
     return f"ok: {report.metric}: {metric}; {seeds}; {report.events} events, {report.seconds} s"
 
 
+def export_on(device: str) -> str:
+    """Grow two seeds to FOSSILIZED on ``device`` and export: one merged, one kept."""
+    import kasmina
+    from kasmina import commands
+    from torch import nn
+
+    fast = {"germinated_steps": 1, "training_steps": 3, "blend_steps": 4, "shadow_steps": 2, "probation_steps": 2}
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(16, 32, device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ex = kasmina.Executor(model, sites=["0", "2"], db=f"sqlite:///{tmp}/export.db", secret=b"gpu-check",
+                              optimizer=opt, metric=kasmina.MetricPolicy(tolerance=1.0, latency_budget_ms=10_000))
+        try:
+            for site, blueprint in (("0", "lora"), ("2", "bottleneck_mlp")):
+                result = ex.handle(kasmina.sign(commands.germinate(site, blueprint, parameters=fast), b"gpu-check"))
+                assert result.accepted, result
+            for _ in range(60):
+                if all(view.stage == "FOSSILIZED" for view in ex.seeds()):
+                    break
+                model(x).square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+                ex.step(metrics={"val_loss": 1.0})
+            stages = {view.seed_id: view.stage for view in ex.seeds()}
+            assert set(stages.values()) == {"FOSSILIZED"}, stages
+            exported = ex.export(x)
+            report = ex.last_export
+            assert report is not None and report.max_abs_diff is not None
+            assert not [type(m) for m in exported.modules() if type(m).__module__.startswith("kasmina")]
+            assert report.max_abs_diff <= 1e-5, report.max_abs_diff
+            actions = ", ".join(f"{s.site} {s.action}" for s in report.sites)
+            return f"ok: {actions}; max |diff| {report.max_abs_diff:.2e}; {report.parameters_before} -> {report.parameters_after} parameters"
+        finally:
+            ex.close()
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -111,6 +151,12 @@ def main() -> int:
             failed = True
             outcome = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         print(f"{'kasmina demo --task ' + task + ' --device cuda':<28}  {outcome}", flush=True)
+    try:
+        outcome = export_on("cuda")
+    except Exception as e:  # noqa: BLE001 - report it, then fail
+        failed = True
+        outcome = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    print(f"{'ex.export() on cuda':<28}  {outcome}", flush=True)
     return 1 if failed else 0
 
 
