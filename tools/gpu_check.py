@@ -102,7 +102,7 @@ def export_on(device: str) -> str:
             assert report is not None and report.max_abs_diff is not None
             assert not [type(m) for m in exported.modules() if type(m).__module__.startswith("kasmina")]
             assert report.max_abs_diff <= 1e-5, report.max_abs_diff
-            actions = ", ".join(f"{s.site} {s.action}" for s in report.sites)
+            actions = ", ".join(f"site {s.site} {s.blueprint} {s.action}" for s in report.sites)
             return f"ok: {actions}; max |diff| {report.max_abs_diff:.2e}; {report.parameters_before} -> {report.parameters_after} parameters"
         finally:
             ex.close()
